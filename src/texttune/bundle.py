@@ -1,0 +1,117 @@
+"""The model bundle: everything prediction needs, in files that load without executing code.
+
+model.safetensors   weights of encoder and head
+texttune.json       task (labels, targets and their ranges), columns, pooling, max_length, encoder config
+tokenizer files     as written by `save_pretrained`
+metrics.json        validation metrics of the kept checkpoint, and the constant baseline's
+recipe.yaml         the resolved recipe that produced it
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+import yaml
+from safetensors.torch import load_model, save_model
+from transformers import AutoTokenizer
+
+from texttune._io import atomic_directory
+from texttune.errors import TexttuneError
+from texttune.models.heads import TextModel
+from texttune.models.registry import backbone_from_config
+from texttune.task import TaskSpec
+
+BUNDLE_FILE = "texttune.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """What `texttune.json` holds besides the weights."""
+
+    task: TaskSpec
+    text_columns: tuple[str, ...]
+    backbone: str
+    backbone_config: dict[str, Any]
+    id_column: str | None = None
+    pooling: str = "mean"
+    head_dropout: float = 0.1
+    max_length: int = 512
+    precision: str = "fp32"
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {
+            "format_version": FORMAT_VERSION,
+            **data,
+            "task": self.task.to_dict(),
+            "text_columns": list(self.text_columns),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BundleInfo:
+        data = dict(data)
+        version = data.pop("format_version", None)
+        if version != FORMAT_VERSION:
+            raise TexttuneError(f"bundle format version {version} is not supported (expected {FORMAT_VERSION})")
+        return cls(**{**data, "task": TaskSpec.from_dict(data["task"]), "text_columns": tuple(data["text_columns"])})
+
+
+def _versions() -> dict[str, str]:
+    from texttune import __version__
+
+    return {"texttune": __version__, "transformers": transformers.__version__, "torch": torch.__version__}
+
+
+def save_bundle(
+    path: str | Path,
+    model: TextModel,
+    tokenizer: Any,
+    info: BundleInfo,
+    metrics: dict[str, Any] | None = None,
+    recipe: dict[str, Any] | None = None,
+) -> Path:
+    """Write a bundle atomically: a reader sees the old bundle or the whole new one, never a mix."""
+    path = Path(path)
+    info = dataclasses.replace(info, versions=_versions())
+    with atomic_directory(path) as staging:
+        save_model(model, str(staging / WEIGHTS_FILE))
+        tokenizer.save_pretrained(staging)
+        (staging / BUNDLE_FILE).write_text(json.dumps(info.to_dict(), indent=2) + "\n")
+        (staging / "metrics.json").write_text(json.dumps(metrics or {}, indent=2) + "\n")
+        if recipe is not None:
+            (staging / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def load_bundle(path: str | Path) -> tuple[TextModel, Any, BundleInfo]:
+    """Rebuild model, tokenizer and info from a bundle, with no network and no code from the bundle.
+
+    Raises:
+        TexttuneError: the directory is not a complete texttune bundle.
+    """
+    path = Path(path)
+    missing = [name for name in (BUNDLE_FILE, WEIGHTS_FILE) if not (path / name).is_file()]
+    if missing:
+        raise TexttuneError(
+            f"{path}: not a texttune model bundle (missing {', '.join(missing)}); "
+            "pass the output.dir of a `texttune train` run"
+        )
+    try:
+        info = BundleInfo.from_dict(json.loads((path / BUNDLE_FILE).read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise TexttuneError(f"{path / BUNDLE_FILE}: unreadable bundle description ({exc})") from None
+    model = TextModel(
+        backbone_from_config(info.backbone_config), info.pooling, info.task.num_outputs, info.head_dropout
+    )
+    load_model(model, str(path / WEIGHTS_FILE), strict=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    return model.eval(), tokenizer, info

@@ -1,0 +1,47 @@
+"""Entry point: registers the subcommands and turns TexttuneError into one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from texttune.cli import predict, train
+from texttune.errors import TexttuneError
+
+COMMANDS = (train, predict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="texttune", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(subcommands)
+    return parser
+
+
+def _configure_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.quiet)
+    try:
+        return args.run(args) or 0
+    except TexttuneError as exc:
+        print(f"texttune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("texttune: interrupted; nothing half-written was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""`texttune predict BUNDLE --input test.csv --output submission.csv` or `texttune predict BUNDLE --text "..."`"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def register(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser("predict", help="predict a table or one text with a trained bundle")
+    parser.add_argument("bundle", help="bundle directory written by `texttune train`")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="table to predict (CSV, TSV, Parquet, JSONL; .zip/.gz)")
+    source.add_argument("--text", help="one text; prints JSON")
+    parser.add_argument("--output", help="submission CSV to write (with --input)")
+    parser.add_argument("--sep", help="field separator of --input when not implied by its suffix")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.set_defaults(run=run, parser=parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.input and not args.output:
+        args.parser.error("--input needs --output, the submission CSV to write")
+    from texttune.predictor import Predictor
+
+    predictor = Predictor.load(args.bundle, batch_size=args.batch_size, progress=args.input is not None)
+    if args.text is not None:
+        print(json.dumps(predictor.predict_text(args.text), indent=2))
+        return 0
+    submission = predictor.predict_file(args.input, args.output, sep=args.sep)
+    logger.info("wrote %d rows to %s", len(submission), args.output)
+    return 0

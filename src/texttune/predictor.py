@@ -1,0 +1,108 @@
+"""`Predictor`: a loaded bundle that scores texts, single strings or whole tables, in their original order."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from texttune._hardware import use_bf16
+from texttune._io import atomic_file
+from texttune.bundle import BundleInfo, load_bundle
+from texttune.data import PaddingCollator, encode_texts, read_table, read_texts, require_columns, text_joiner
+from texttune.models.heads import TextModel
+
+
+class Predictor:
+    """Scores texts with a trained bundle.
+
+    Inference sorts texts by length so that batches pad little, then restores the input order.
+
+    Example:
+        >>> predictor = Predictor.load("texttune-runs/model")
+        >>> predictor.predict(["a fine film", "a dull one"])
+    """
+
+    def __init__(
+        self,
+        model: TextModel,
+        tokenizer: Any,
+        info: BundleInfo,
+        batch_size: int = 64,
+        precision: str = "auto",
+        progress: bool = False,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.info = info
+        self.batch_size = batch_size
+        self.bf16 = use_bf16(precision) and info.precision == "bf16"
+        self.progress = progress
+        self.collator = PaddingCollator(tokenizer.pad_token_id, tokenizer.padding_side, max_length=info.max_length)
+
+    @classmethod
+    def load(cls, path: str | Path, **kwargs: Any) -> Predictor:
+        """Load a bundle directory written by `texttune train`."""
+        model, tokenizer, info = load_bundle(path)
+        return cls(model, tokenizer, info, **kwargs)
+
+    @property
+    def task(self):  # noqa: ANN201 - a TaskSpec
+        return self.info.task
+
+    def predict_outputs(self, texts: Sequence[str]) -> np.ndarray:
+        """Raw head outputs (N, C), in input order."""
+        features = encode_texts(self.tokenizer, texts, self.info.max_length)
+        order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
+        outputs = np.zeros((len(texts), self.task.num_outputs), dtype=np.float32)
+        starts = range(0, len(order), self.batch_size)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
+            for start in tqdm(starts, desc="predict", disable=not self.progress, unit="batch"):
+                index = order[start : start + self.batch_size]
+                batch = self.collator([features[i] for i in index])
+                outputs[index] = self.model(**batch)["logits"].float().numpy()
+        return outputs
+
+    def predict(self, texts: Sequence[str]) -> pd.DataFrame:
+        """Scores per target, or the label and per-class probabilities, one row per text in input order."""
+        if isinstance(texts, str):
+            raise TypeError("predict takes a list of texts; use predict_text for one string")
+        scores = self.task.postprocess(self.predict_outputs(list(texts)))
+        if self.task.is_regression:
+            return pd.DataFrame(scores, columns=list(self.task.target_columns))
+        labels = np.asarray(self.task.labels, dtype=object)[scores.argmax(axis=1)]
+        probabilities = pd.DataFrame(scores, columns=[f"prob_{label}" for label in self.task.labels])
+        return pd.concat([pd.DataFrame({"label": labels}), probabilities], axis=1)
+
+    def predict_text(self, text: str) -> dict[str, Any]:
+        """One text as a JSON-ready dict: label, index and probabilities, or scores per target."""
+        row = self.predict([text]).iloc[0]
+        if self.task.is_regression:
+            return {"scores": {name: float(row[name]) for name in self.task.target_columns}}
+        probabilities = {label: float(row[f"prob_{label}"]) for label in self.task.labels}
+        return {"label": row["label"], "index": self.task.labels.index(row["label"]), "probabilities": probabilities}
+
+    def predict_table(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """A submission: the id column first when the bundle has one, then the label or one column per target."""
+        texts = read_texts(frame, self.info.text_columns, text_joiner(self.tokenizer))
+        predictions = self.predict(texts)
+        if not self.task.is_regression:
+            predictions = predictions[["label"]].rename(columns={"label": self.task.target_columns[0]})
+        if self.info.id_column:
+            require_columns(frame, [self.info.id_column], "id")
+            predictions.insert(0, self.info.id_column, frame[self.info.id_column].to_numpy())
+        return predictions
+
+    def predict_file(self, source: str | Path, destination: str | Path, sep: str | None = None) -> pd.DataFrame:
+        """Read a table, predict every row and write the submission CSV atomically."""
+        submission = self.predict_table(read_table(source, sep))
+        with atomic_file(destination) as staging:
+            submission.to_csv(staging, index=False)
+        return submission

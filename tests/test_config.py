@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from texttune.config import load_recipe
+from texttune.errors import TexttuneError
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_single_column_strings(tmp_path: Path) -> None:
+    recipe = load_recipe(_write(tmp_path, "data:\n  train: a.csv\n  text_columns: body\n"))
+    assert recipe.data.text_columns == ["body"]
+    assert recipe.model.backbone == "minilm" and recipe.model.pooling == "mean"
+    assert recipe.training.learning_rate == 5e-5
+
+
+def test_overrides_are_parsed_as_yaml(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data:\n  train: a.csv\n")
+    recipe = load_recipe(path, ["training.learning_rate=3e-5", "training.epochs=1", "data.target_columns=[a, b]"])
+    assert recipe.training.learning_rate == pytest.approx(3e-5)
+    assert recipe.training.epochs == 1
+    assert recipe.data.target_columns == ["a", "b"]
+
+
+def test_unknown_key_suggests_the_nearest(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data:\n  train: a.csv\ntraining:\n  learnig_rate: 1.0e-4\n")
+    with pytest.raises(TexttuneError, match=r"unknown key 'training.learnig_rate'; did you mean 'learning_rate'"):
+        load_recipe(path)
+
+
+def test_unknown_section_suggests_the_nearest(tmp_path: Path) -> None:
+    with pytest.raises(TexttuneError, match=r"did you mean 'training'"):
+        load_recipe(_write(tmp_path, "data:\n  train: a.csv\ntrainig:\n  epochs: 1\n"))
+
+
+def test_wrong_value_names_key_and_value(tmp_path: Path) -> None:
+    with pytest.raises(TexttuneError, match=r"training.batch_size: .*'many'"):
+        load_recipe(_write(tmp_path, "data:\n  train: a.csv\n"), ["training.batch_size=many"])
+
+
+def test_bad_override_and_bad_yaml(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data:\n  train: a.csv\n")
+    with pytest.raises(TexttuneError, match="expected section.key=value"):
+        load_recipe(path, ["epochs=3"])
+    with pytest.raises(TexttuneError, match=r"recipe.yaml: line \d+ is not valid YAML"):
+        load_recipe(_write(tmp_path, "data:\n  train: [a.csv\n"))
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    with pytest.raises(TexttuneError, match="missing required key 'data.train'"):
+        load_recipe(_write(tmp_path, "data:\n  valid_fraction: 0.1\n"))

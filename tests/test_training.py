@@ -1,0 +1,121 @@
+"""End to end on a tiny BERT: train, keep the best checkpoint, write the bundle, reload, predict in order."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from texttune import Predictor, load_recipe, train
+from texttune.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def classification_run(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path):
+    from texttune.testing import synthetic_table
+
+    root = tmp_path_factory.mktemp("cls")
+    synthetic_table(120, "classification").to_csv(root / "train.csv", index=False)
+    recipe = root / "recipe.yaml"
+    recipe.write_text(
+        f"data: {{train: {root / 'train.csv'}, text_columns: text, target_columns: label, id_column: id}}\n"
+        f"model: {{backbone: {tiny_backbone}, max_length: 32}}\n"
+        "training: {epochs: 6, batch_size: 8, learning_rate: 3.0e-3, warmup_ratio: 0, precision: fp32,"
+        " evals_per_epoch: 2}\n"
+        f"output: {{dir: {root / 'bundle'}}}\n"
+    )
+    return root, train(load_recipe(recipe))
+
+
+def test_bundle_files_and_best_checkpoint(classification_run) -> None:
+    root, result = classification_run
+    names = {p.name for p in result.bundle.iterdir()}
+    assert {"model.safetensors", "texttune.json", "metrics.json", "recipe.yaml", "tokenizer.json"} <= names
+    assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names), "no pickles in a bundle"
+    info = json.loads((result.bundle / "texttune.json").read_text())
+    assert info["task"]["labels"] == ["mixed", "neg", "pos"]
+    assert info["backbone_config"]["model_type"] == "bert"
+    # No checkpoint folders or staging directories are left next to the bundle.
+    assert sorted(p.name for p in root.iterdir()) == ["bundle", "recipe.yaml", "train.csv"]
+    metrics = json.loads((result.bundle / "metrics.json").read_text())
+    assert metrics["valid"]["accuracy"] == result.metrics["accuracy"]
+    assert set(result.metrics) >= {"accuracy", "error_rate", "f1_macro"}
+    # The tiny model learns the synthetic rule better than the majority class.
+    assert result.metrics["accuracy"] > result.baseline["accuracy"]
+
+
+def test_reloaded_bundle_predicts_the_same_as_the_kept_checkpoint(classification_run) -> None:
+    root, result = classification_run
+    frame = pd.read_csv(root / "train.csv", dtype=str)
+    first = Predictor.load(result.bundle).predict(frame["text"].tolist())
+    second = Predictor.load(result.bundle).predict(frame["text"].tolist())
+    pd.testing.assert_frame_equal(first, second)
+    assert set(first["label"]) <= {"mixed", "neg", "pos"}
+    probabilities = first.filter(like="prob_").to_numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_cli_predict_keeps_shuffled_order_and_equals_python(classification_run, capsys) -> None:
+    root, result = classification_run
+    frame = pd.read_csv(root / "train.csv", dtype=str).sample(frac=1.0, random_state=3)
+    frame.to_csv(root / "shuffled.csv", index=False)
+    output = root / "out" / "submission.csv"
+    assert (
+        main(["-q", "predict", str(result.bundle), "--input", str(root / "shuffled.csv"), "--output", str(output)])
+        == 0
+    )
+    submission = pd.read_csv(output, dtype=str)
+    assert list(submission.columns) == ["id", "label"]
+    assert submission["id"].tolist() == frame["id"].tolist()
+    expected = Predictor.load(result.bundle).predict(frame["text"].tolist())
+    assert submission["label"].tolist() == expected["label"].tolist()
+    assert [p.name for p in output.parent.iterdir()] == ["submission.csv"]
+
+
+def test_predict_one_text_prints_json(classification_run, capsys) -> None:
+    _, result = classification_run
+    assert main(["-q", "predict", str(result.bundle), "--text", "good great film"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["label"] in {"mixed", "neg", "pos"}
+    assert answer["index"] == ["mixed", "neg", "pos"].index(answer["label"])
+    assert sum(answer["probabilities"].values()) == pytest.approx(1.0)
+
+
+def test_regression_end_to_end(write_recipe, tmp_path: Path) -> None:
+    recipe = load_recipe(write_recipe("regression", rows=120), ["training.epochs=6", "task.loss=mse"])
+    result = train(recipe)
+    assert set(result.metrics) >= {"mcrmse", "rmse_warmth", "rmse_gloom"}
+    assert result.metrics["mcrmse"] < result.baseline["mcrmse"]
+    assert result.metrics["mcrmse"] == pytest.approx(
+        np.mean([result.metrics["rmse_warmth"], result.metrics["rmse_gloom"]])
+    )
+    info = json.loads((result.bundle / "texttune.json").read_text())
+    assert info["task"]["kind"] == "regression" and info["task"]["target_columns"] == ["warmth", "gloom"]
+    predictor = Predictor.load(result.bundle)
+    scores = predictor.predict(["good great fine", "bad awful", "the film"])
+    assert list(scores.columns) == ["warmth", "gloom"]
+    low, high = np.array(info["task"]["target_min"]), np.array(info["task"]["target_max"])
+    assert ((scores.to_numpy() >= low) & (scores.to_numpy() <= high)).all(), "outputs clipped to the training range"
+    one = predictor.predict_text("good great fine")
+    assert one["scores"] == pytest.approx(scores.iloc[0].to_dict())
+    # A second run with the same seed reproduces the metrics.
+    again = train(recipe)
+    assert again.metrics["mcrmse"] == pytest.approx(result.metrics["mcrmse"], rel=1e-5)
+
+
+def test_separate_validation_file_and_unseen_label(write_recipe, tmp_path: Path, capsys) -> None:
+    path = write_recipe("classification", rows=40)
+    valid = tmp_path / "valid.csv"
+    valid.write_text("id,text,label\nv1,good film,pos\nv2,bad film,terrible\n")
+    assert main(["-q", "train", str(path), "--set", f"data.valid={valid}"]) == 2
+    assert "row 2 has label 'terrible' in 'label', unseen in training; known labels: mixed, neg, pos" in (
+        capsys.readouterr().err
+    )
+
+
+def test_bad_bundle_and_missing_output_flag(tmp_path: Path, capsys) -> None:
+    assert main(["-q", "predict", str(tmp_path), "--text", "x"]) == 2
+    assert "not a texttune model bundle (missing texttune.json, model.safetensors)" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import torch
 from texttune.config import TaskConfig
 from texttune.models import POOLINGS, TextModel, create_loss, load_backbone
 from texttune.models.heads import ClsPooling, MeanPooling
+from texttune.models.layer_groups import layer_groups
 from texttune.policy import param_groups
 
 
@@ -46,14 +47,26 @@ def test_padding_does_not_change_outputs(tiny_backbone: Path, pooling: str) -> N
 
 
 def test_regression_head_starts_at_the_target_means(tiny_backbone: Path) -> None:
-    backbone, tokenizer = load_backbone(str(tiny_backbone))
+    backbone, _ = load_backbone(str(tiny_backbone))
     model = TextModel(backbone, num_outputs=2, initial_bias=[3.0, 1.5])
     assert model.head.bias.tolist() == [3.0, 1.5]
-    groups = {g["name"]: g for g in param_groups(model, 1e-4, 1e-3, 0.01)}
-    assert groups["head"]["lr"] == 1e-3 and groups["body"]["lr"] == 1e-4
-    assert groups["body_no_decay"]["weight_decay"] == 0.0 and groups["head_no_decay"]["weight_decay"] == 0.0
-    no_decay = {id(p) for p in groups["body_no_decay"]["params"]}
+
+
+def test_layer_groups_and_layerwise_learning_rates(tiny_backbone: Path) -> None:
+    backbone, _ = load_backbone(str(tiny_backbone))
+    model = TextModel(backbone, num_outputs=2)
+    groups = layer_groups(model.backbone)
+    assert len(groups) == 1 + backbone.config.num_hidden_layers + 1  # embeddings, layers, top
+    assert all(name.startswith("embeddings.") for name in groups[0])
+    assert all(name.startswith("encoder.layer.1.") for name in groups[2])
+    named = param_groups(model, 1e-4, 1e-3, 0.01, layer_decay=0.5)
+    rates = {g["name"]: g["lr"] for g in named}
+    # head, then the top group and the last layer at the base rate, halving per group below
+    assert rates["head"] == 1e-3 and rates["body_0"] == 1e-4
+    assert rates["body_1"] == pytest.approx(5e-5)  # layer 0
+    assert rates["body_2"] == pytest.approx(2.5e-5)  # embeddings
+    assert len(rates) == 8  # (head, top + last layer, layer 0, embeddings) x (decay, no decay)
+    no_decay = {id(p) for g in named if g["weight_decay"] == 0.0 for p in g["params"]}
     for name, parameter in model.named_parameters():
-        if name.endswith("bias") or "LayerNorm" in name:
-            assert id(parameter) in no_decay or name.startswith("head."), name
-    assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
+        assert (id(parameter) in no_decay) == (name.endswith("bias") or "LayerNorm" in name), name
+    assert sum(len(g["params"]) for g in named) == len(list(model.parameters()))

@@ -69,6 +69,9 @@ class TrainingConfig(_Section):
     eval_batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(5e-5, gt=0, description="Encoder learning rate.")
     head_learning_rate: float | None = Field(None, gt=0, description="Head learning rate; None: learning_rate.")
+    layer_decay: float = Field(
+        1.0, gt=0, le=1, description="Layer-wise LR decay: each encoder layer gets this times the one above."
+    )
     weight_decay: float = Field(0.01, ge=0, description="Not applied to biases and LayerNorm weights.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"

@@ -152,7 +152,9 @@ def train(recipe: Recipe) -> TrainResult:
         initial_bias=spec.target_mean if spec.is_regression else None,
     )
     training = recipe.training
-    optimizer = build_optimizer(model, training.learning_rate, training.head_learning_rate, training.weight_decay)
+    optimizer = build_optimizer(
+        model, training.learning_rate, training.head_learning_rate, training.weight_decay, training.layer_decay
+    )
     output = Path(recipe.output.dir)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".texttune-checkpoints-", dir=output.parent) as scratch:

@@ -1,4 +1,4 @@
-"""Optimizer parameter groups: body vs head learning rates, and no weight decay on biases and norms.
+"""Optimizer parameter groups: layer-wise learning rates, and no weight decay on biases and norms.
 
 Groups are built over all parameters, frozen ones included: `Trainer.create_optimizer` skips parameters with
 `requires_grad=False`, so a model frozen before that call could never be unfrozen into training.
@@ -9,35 +9,52 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
+
+from texttune.models.heads import TextModel
+from texttune.models.layer_groups import layer_groups
 
 
 def param_groups(
-    model: nn.Module,
+    model: TextModel,
     learning_rate: float,
-    head_learning_rate: float | None,
-    weight_decay: float,
-    head_prefix: str = "head.",
+    head_learning_rate: float | None = None,
+    weight_decay: float = 0.01,
+    layer_decay: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """Four groups: (body, head) x (decay, no decay). Vectors (biases, LayerNorm weights) get no decay."""
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, parameter in model.named_parameters():
-        key = (name.startswith(head_prefix), parameter.ndim >= 2)
-        groups.setdefault(key, []).append(parameter)
-    return [
-        {
-            "params": params,
-            "lr": (head_learning_rate or learning_rate) if is_head else learning_rate,
-            "weight_decay": weight_decay if decays else 0.0,
-            "name": f"{'head' if is_head else 'body'}{'' if decays else '_no_decay'}",
-        }
-        for (is_head, decays), params in sorted(groups.items())
-    ]
+    """One group per (layer group, decay or not), each with its learning rate.
+
+    The head trains at `head_learning_rate` (default `learning_rate`); the encoder's top group and last layer at
+    `learning_rate`, and each group below at `layer_decay` times the one above (layer-wise LR decay), so the
+    embeddings get `learning_rate * layer_decay**L`. Vectors (biases, LayerNorm weights) get no weight decay.
+    """
+    parameters = dict(model.named_parameters())
+    body = layer_groups(model.backbone, prefix="backbone.")
+    depth = {name: max(0, len(body) - 2 - index) for index, names in enumerate(body) for name in names}
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, parameter in parameters.items():
+        level = depth.get(name, -1)  # -1: the head (pooling and linear layer)
+        decays = parameter.ndim >= 2
+        lr = (head_learning_rate or learning_rate) if level < 0 else learning_rate * layer_decay**level
+        group = groups.setdefault(
+            (level, decays),
+            {
+                "params": [],
+                "lr": lr,
+                "weight_decay": weight_decay if decays else 0.0,
+                "name": f"{'head' if level < 0 else f'body_{level}'}{'' if decays else '_no_decay'}",
+            },
+        )
+        group["params"].append(parameter)
+    return [groups[key] for key in sorted(groups)]
 
 
 def build_optimizer(
-    model: nn.Module, learning_rate: float, head_learning_rate: float | None = None, weight_decay: float = 0.01
+    model: TextModel,
+    learning_rate: float,
+    head_learning_rate: float | None = None,
+    weight_decay: float = 0.01,
+    layer_decay: float = 1.0,
 ) -> torch.optim.AdamW:
     """AdamW over `param_groups`, handed to the Trainer through `optimizers=(optimizer, None)`."""
-    groups = param_groups(model, learning_rate, head_learning_rate, weight_decay)
+    groups = param_groups(model, learning_rate, head_learning_rate, weight_decay, layer_decay)
     return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.999), eps=1e-6)

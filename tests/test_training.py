@@ -119,3 +119,10 @@ def test_separate_validation_file_and_unseen_label(write_recipe, tmp_path: Path,
 def test_bad_bundle_and_missing_output_flag(tmp_path: Path, capsys) -> None:
     assert main(["-q", "predict", str(tmp_path), "--text", "x"]) == 2
     assert "not a texttune model bundle (missing texttune.json, model.safetensors)" in capsys.readouterr().err
+
+
+def test_max_length_beyond_the_position_table(write_recipe, capsys) -> None:
+    assert main(["-q", "train", str(write_recipe()), "--set", "model.max_length=600"]) == 2
+    assert "model.max_length 600 is longer than bert supports (512); set model.max_length to 512 or less" in (
+        capsys.readouterr().err
+    )

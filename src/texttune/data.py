@@ -152,7 +152,7 @@ def require_columns(frame: pd.DataFrame, columns: Sequence[str], role: str) -> N
             )
 
 
-def _is_missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
 
 
@@ -161,7 +161,7 @@ def read_texts(frame: pd.DataFrame, columns: Sequence[str], joiner: str = "\n") 
     require_columns(frame, columns, "text")
     for column in columns:
         for row, value in enumerate(frame[column].tolist(), start=1):
-            if _is_missing(value):
+            if is_missing(value):
                 raise TexttuneError(
                     f"{source_of(frame)}: row {row} has an empty text in column '{column}'; fill it or drop the row"
                 )

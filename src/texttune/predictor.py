@@ -17,6 +17,7 @@ from texttune._io import atomic_file
 from texttune.bundle import BundleInfo, load_bundle
 from texttune.data import PaddingCollator, encode_texts, read_table, read_texts, require_columns, text_joiner
 from texttune.models.heads import TextModel
+from texttune.task import TaskSpec
 
 
 class Predictor:
@@ -53,7 +54,7 @@ class Predictor:
         return cls(model, tokenizer, info, **kwargs)
 
     @property
-    def task(self):  # noqa: ANN201 - a TaskSpec
+    def task(self) -> TaskSpec:
         return self.info.task
 
     def predict_outputs(self, texts: Sequence[str]) -> np.ndarray:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from texttune.config import TaskConfig
-from texttune.data import _is_missing, require_columns, source_of
+from texttune.data import is_missing, require_columns, source_of
 from texttune.errors import TexttuneError
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,6 @@ class TaskSpec:
     target_max: tuple[float, ...] = ()
     target_mean: tuple[float, ...] = ()
     clip: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_outputs(self) -> int:
@@ -66,7 +65,7 @@ def _numeric(frame: pd.DataFrame, column: str) -> np.ndarray:
     values = frame[column].tolist()
     parsed = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(dtype=np.float64)
     for row, (value, number) in enumerate(zip(values, parsed), start=1):
-        if _is_missing(value) or (np.isnan(number) and str(value).strip().lower() in {"nan", "na", "null", "none"}):
+        if is_missing(value) or (np.isnan(number) and str(value).strip().lower() in {"nan", "na", "null", "none"}):
             raise TexttuneError(
                 f"{source_of(frame)}: row {row} has no value in target column '{column}'; fill it or drop the row"
             )
@@ -81,7 +80,7 @@ def _numeric(frame: pd.DataFrame, column: str) -> np.ndarray:
 def _label_strings(frame: pd.DataFrame, column: str) -> list[str]:
     values = frame[column].tolist()
     for row, value in enumerate(values, start=1):
-        if _is_missing(value):
+        if is_missing(value):
             raise TexttuneError(f"{source_of(frame)}: row {row} has no label in column '{column}'; fill or drop it")
     return [str(v) for v in values]
 
@@ -113,7 +112,7 @@ def infer_task(frame: pd.DataFrame, target_columns: list[str], config: TaskConfi
             kind = "regression"
         else:
             values = frame[target_columns[0]].tolist()
-            numeric = _all_numeric([v for v in values if not _is_missing(v)])
+            numeric = _all_numeric([v for v in values if not is_missing(v)])
             kind = (
                 "regression"
                 if numeric and not np.all(np.mod(_numeric(frame, target_columns[0]), 1) == 0)

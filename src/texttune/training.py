@@ -31,6 +31,7 @@ from texttune.data import (
 )
 from texttune.metrics import baseline_metrics, best_metric, make_compute_metrics
 from texttune.models import TextModel, create_loss, load_backbone
+from texttune.models.registry import check_max_length
 from texttune.policy import build_optimizer
 from texttune.task import TaskSpec, encode_targets, infer_task, split_train_valid
 from texttune.trainer import TexttuneTrainer
@@ -140,6 +141,7 @@ def train(recipe: Recipe) -> TrainResult:
     train_frame, valid_frame, spec = load_tables(recipe)
     train_targets, valid_targets = encode_targets(train_frame, spec), encode_targets(valid_frame, spec)
     backbone, tokenizer = load_backbone(recipe.model.backbone, recipe.model.backbone_dropout)
+    check_max_length(backbone, recipe.model.max_length)
     train_set = _dataset(tokenizer, train_frame, recipe, train_targets)
     valid_set = _dataset(tokenizer, valid_frame, recipe, valid_targets, by_length=True)
 

@@ -86,6 +86,28 @@ def load_backbone(name: str, dropout: float | None = None) -> tuple[PreTrainedMo
     return model, tokenizer
 
 
+# Families whose position ids start after the padding index, so `pad_token_id + 1` positions are unusable.
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text"}
+
+
+def max_positions(model: PreTrainedModel) -> int | None:
+    """Longest input the encoder's position table allows, or None with relative positions only (XLNet, DeBERTa-v3)."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None)
+    if config.model_type == "xlnet" or getattr(config, "position_biased_input", True) is False or limit is None:
+        return None
+    return limit - (config.pad_token_id + 1 if config.model_type in _OFFSET_POSITIONS else 0)
+
+
+def check_max_length(model: PreTrainedModel, max_length: int) -> None:
+    limit = max_positions(model)
+    if limit is not None and max_length > limit:
+        raise TexttuneError(
+            f"model.max_length {max_length} is longer than {model.config.model_type} supports ({limit}); "
+            f"set model.max_length to {limit} or less"
+        )
+
+
 def backbone_from_config(config_dict: dict[str, Any]) -> PreTrainedModel:
     """Rebuild an encoder's architecture from its stored config, with no weights and no network."""
     data = dict(config_dict)

@@ -45,7 +45,8 @@ def param_groups(
             },
         )
         group["params"].append(parameter)
-    return [groups[key] for key in sorted(groups)]
+    # Encoder groups first: the Trainer logs the learning rate of group 0.
+    return [groups[key] for key in sorted(groups, key=lambda key: (key[0] < 0, key))]
 
 
 def build_optimizer(

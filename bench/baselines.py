@@ -36,8 +36,8 @@ def main() -> None:
     train_y, valid_y = encode_targets(train, spec), encode_targets(valid, spec)
     columns = recipe.data.text_columns
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
-    train_x = vectorizer.fit_transform(read_texts(train, columns))
-    valid_x = vectorizer.transform(read_texts(valid, columns))
+    train_x = vectorizer.fit_transform(read_texts(train, columns, " "))
+    valid_x = vectorizer.transform(read_texts(valid, columns, " "))
     if spec.is_regression:
         model = RidgeCV(alphas=np.logspace(-1, 2, 10)).fit(train_x, train_y)
         outputs = model.predict(valid_x)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from texttune import Predictor
-from texttune.data import read_table, read_texts
+from texttune.data import read_table
 
 
 def main(bundle: str, table: str) -> None:
@@ -27,7 +27,7 @@ def main(bundle: str, table: str) -> None:
         subprocess.run(command, check=True)
         submission = read_table(output)
     same_order = submission[id_column].tolist() == frame[id_column].tolist()
-    expected = predictor.predict(read_texts(frame, predictor.info.text_columns))
+    expected = predictor.predict(predictor.texts_of(frame))
     columns = [c for c in submission.columns if c != id_column]
     if predictor.task.is_regression:
         gap = float(np.abs(submission[columns].astype(float).to_numpy() - expected[columns].to_numpy()).max())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import subprocess
 import sys
 import zipfile
@@ -88,7 +89,7 @@ def test_bad_tables_give_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Capt
     assert code == 2
     assert len(err.splitlines()) == 1
     assert err.startswith("texttune: error: ") and "train.csv" in err
-    assert pytest.importorskip("re").search(expected, err), err
+    assert re.search(expected, err), err
 
 
 def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -156,3 +157,42 @@ def test_length_grouped_batches_cover_every_row_and_vary_by_epoch() -> None:
     assert spread < 100
     # the longest batch does not always come first (transformers #20810)
     assert max(lengths[i] for i in first[0]) < max(lengths)
+
+
+def test_typed_formats_become_the_strings_a_csv_gives(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"text": ["a", "b", None], "score": [1.5, 2.0, float("nan")], "n": [1, 2, 3]})
+    frame.to_parquet(tmp_path / "t.parquet")
+    read = read_table(tmp_path / "t.parquet")
+    assert read["score"].tolist() == ["1.5", "2.0", ""] and read["n"].tolist() == ["1", "2", "3"]
+    assert read["text"].tolist() == ["a", "b", ""]  # missing is empty, so validation names the row
+
+
+def test_trailing_separators_do_not_shift_columns(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("text,label\nhello,pos,\nbye,neg,\n")
+    read = read_table(tmp_path / "t.csv")
+    assert read["text"].tolist() == ["hello", "bye"] and read["label"].tolist() == ["pos", "neg"]
+
+
+def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path: Path) -> None:
+    (tmp_path / "t.jsonl").write_text('{"text": "one\u2028two\u0085three", "label": "a"}\n', encoding="utf-8")
+    assert read_table(tmp_path / "t.jsonl")["text"].tolist() == ["one\u2028two\u0085three"]
+    (tmp_path / "t.json").write_text('[{"text": "x", "label": 1}, {"text": "y", "label": 2}]')
+    assert read_table(tmp_path / "t.json")["label"].tolist() == ["1", "2"]
+
+
+def test_na_in_a_float_target_is_a_missing_value_not_a_class(tmp_path: Path, capsys) -> None:
+    code, err = _run_train(tmp_path, capsys, "text,label\na,1.5\nb,2.5\nc,NA\nd,3.0\n")
+    assert code == 2 and "row 3 has no value in target column 'label'" in err
+
+
+def test_existing_folder_that_is_not_a_bundle_is_never_replaced(tmp_path: Path, capsys) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "precious.csv").write_text("keep me")
+    (tmp_path / "train.csv").write_text("text,label\na,x\nb,y\nc,x\nd,y\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        yaml.safe_dump({"data": {"train": str(tmp_path / "train.csv")}, "output": {"dir": str(tmp_path / "out")}})
+    )
+    assert main(["-q", "train", str(recipe)]) == 2
+    assert "exists and is not a texttune bundle" in capsys.readouterr().err
+    assert (tmp_path / "out" / "precious.csv").read_text() == "keep me"

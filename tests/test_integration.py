@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from texttune import Predictor, load_recipe, train
-from texttune.data import read_table, read_texts
+from texttune.data import read_table
 from texttune.metrics import task_metrics
 from texttune.task import encode_targets
 from texttune.training import load_tables
@@ -46,7 +46,7 @@ def test_minilm_short_run_reproduces_its_metrics(tmp_path: Path, recipe: str, fi
 
     _, valid, spec = load_tables(config)
     predictor = Predictor.load(result.bundle)
-    texts = read_texts(valid, config.data.text_columns)
+    texts = predictor.texts_of(valid)
     outputs = predictor.predict_outputs(texts)
     recomputed = task_metrics(outputs, encode_targets(valid, spec), spec)
     assert recomputed[metric] == pytest.approx(result.metrics[metric], abs=2e-3)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from texttune.config import TaskConfig
+from texttune.errors import TexttuneError
 from texttune.models import POOLINGS, TextModel, create_loss, load_backbone
 from texttune.models.heads import ClsPooling, MeanPooling
 from texttune.models.layer_groups import layer_groups
@@ -30,7 +31,7 @@ def test_rmse_loss_matches_its_definition() -> None:
     predictions, targets = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[2.0, 2.0], [3.0, 1.0]])
     loss = create_loss(TaskConfig(loss="rmse"), regression=True)(predictions, targets)
     assert loss.item() == pytest.approx(((0.5) ** 0.5 + (4.5) ** 0.5) / 2, rel=1e-6)
-    with pytest.raises(Exception, match="does not fit a regression task"):
+    with pytest.raises(TexttuneError, match="does not fit a regression task"):
         create_loss(TaskConfig(loss="cross_entropy"), regression=True)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -11,6 +12,9 @@ import pytest
 
 from texttune import Predictor, load_recipe, train
 from texttune.cli.main import main
+from texttune.metrics import task_metrics
+from texttune.task import encode_targets
+from texttune.training import load_tables
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +43,14 @@ def test_bundle_files_and_best_checkpoint(classification_run) -> None:
     assert info["task"]["labels"] == ["mixed", "neg", "pos"]
     assert info["backbone_config"]["model_type"] == "bert"
     # No checkpoint folders or staging directories are left next to the bundle.
-    assert sorted(p.name for p in root.iterdir()) == ["bundle", "recipe.yaml", "train.csv"]
+    leftovers = [p.name for p in root.iterdir() if p.name.startswith(".") or "checkpoint" in p.name]
+    assert leftovers == []
     metrics = json.loads((result.bundle / "metrics.json").read_text())
-    assert metrics["valid"]["accuracy"] == result.metrics["accuracy"]
+    # The kept checkpoint is the best evaluation of the run, and it is the one reported.
+    history = metrics["history"]
+    assert len(history) == 12  # 6 epochs x 2 evaluations
+    assert result.metrics["accuracy"] == max(h["accuracy"] for h in history)
+    assert metrics["valid"]["step"] == next(h["step"] for h in history if h["accuracy"] == result.metrics["accuracy"])
     assert set(result.metrics) >= {"accuracy", "error_rate", "f1_macro"}
     # The tiny model learns the synthetic rule better than the majority class.
     assert result.metrics["accuracy"] > result.baseline["accuracy"]
@@ -49,6 +58,13 @@ def test_bundle_files_and_best_checkpoint(classification_run) -> None:
 
 def test_reloaded_bundle_predicts_the_same_as_the_kept_checkpoint(classification_run) -> None:
     root, result = classification_run
+    recipe = load_recipe(root / "recipe.yaml")
+    _, valid, spec = load_tables(recipe)
+    predictor = Predictor.load(result.bundle)
+    outputs = predictor.predict_outputs(predictor.texts_of(valid))
+    assert task_metrics(outputs, encode_targets(valid, spec), spec) == pytest.approx(
+        {k: result.metrics[k] for k in ("accuracy", "error_rate", "f1_macro")}
+    )
     frame = pd.read_csv(root / "train.csv", dtype=str)
     first = Predictor.load(result.bundle).predict(frame["text"].tolist())
     second = Predictor.load(result.bundle).predict(frame["text"].tolist())
@@ -70,8 +86,11 @@ def test_cli_predict_keeps_shuffled_order_and_equals_python(classification_run, 
     submission = pd.read_csv(output, dtype=str)
     assert list(submission.columns) == ["id", "label"]
     assert submission["id"].tolist() == frame["id"].tolist()
-    expected = Predictor.load(result.bundle).predict(frame["text"].tolist())
-    assert submission["label"].tolist() == expected["label"].tolist()
+    # one text at a time: no sorting, so a broken order restoration cannot agree with it by construction
+    one_by_one = Predictor.load(result.bundle, batch_size=1)
+    expected = [one_by_one.predict([text])["label"][0] for text in frame["text"]]
+    assert submission["label"].tolist() == expected
+    assert Predictor.load(result.bundle).predict(frame["text"].tolist())["label"].tolist() == expected
     assert [p.name for p in output.parent.iterdir()] == ["submission.csv"]
 
 
@@ -116,9 +135,20 @@ def test_separate_validation_file_and_unseen_label(write_recipe, tmp_path: Path,
     )
 
 
-def test_bad_bundle_and_missing_output_flag(tmp_path: Path, capsys) -> None:
+def test_bad_bundle_and_bad_batch_size(tmp_path: Path, capsys) -> None:
     assert main(["-q", "predict", str(tmp_path), "--text", "x"]) == 2
     assert "not a texttune model bundle (missing texttune.json, model.safetensors)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(tmp_path), "--text", "x", "--batch-size", "0"])
+    assert exit_info.value.code == 2
+    assert "expected a positive integer, got '0'" in capsys.readouterr().err
+
+
+def test_compressed_submission(classification_run) -> None:
+    root, result = classification_run
+    output = root / "gz" / "submission.csv.gz"
+    Predictor.load(result.bundle).predict_file(root / "train.csv", output)
+    assert gzip.decompress(output.read_bytes()).startswith(b"id,label\n")
 
 
 def test_max_length_beyond_the_position_table(write_recipe, capsys) -> None:

@@ -12,17 +12,26 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces `path` only if the block finishes."""
+    """Yield a temporary directory that replaces `path` only if the block finishes.
+
+    Readers see the old directory or the whole new one; between the two renames `path` is briefly absent, and
+    if the second rename fails the old directory is put back.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tag = uuid.uuid4().hex[:8]
+    staging, old = path.parent / f".{path.name}.tmp-{tag}", path.parent / f".{path.name}.old-{tag}"
     staging.mkdir()
     try:
         yield staging
-        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
         if path.exists():
             path.rename(old)
-        staging.rename(path)
+        try:
+            staging.rename(path)
+        except OSError:
+            if old.exists():
+                old.rename(path)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -30,10 +39,10 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary file path that replaces `path` only if the block finishes."""
+    """Yield a temporary path (same suffixes, so writers infer the same compression) that replaces `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging = path.parent / f".tmp-{uuid.uuid4().hex[:8]}-{path.name}"
     try:
         yield staging
         os.replace(staging, path)

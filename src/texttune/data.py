@@ -75,7 +75,9 @@ def _decode(path: Path, raw: bytes) -> str:
 
 def _read_delimited(path: Path, text: str, sep: str) -> pd.DataFrame:
     try:
-        return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_filter=False)
+        return pd.read_csv(
+            io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_filter=False, index_col=False
+        )
     except pd.errors.ParserError as exc:
         detail = str(exc).strip().splitlines()[-1]
         hint = "an unbalanced quote" if "EOF inside string" in detail else "a wrong separator or stray quotes"
@@ -85,8 +87,17 @@ def _read_delimited(path: Path, text: str, sep: str) -> pd.DataFrame:
 
 
 def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
+    if text.lstrip().startswith("["):  # a plain JSON array of records
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TexttuneError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not all(isinstance(record, dict) for record in records):
+            raise TexttuneError(f"{path}: a JSON array of objects ({{...}}) is expected")
+        return pd.DataFrame.from_records(records)
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # split on newlines only: JSON strings may hold U+2028 or U+0085, which str.splitlines() also splits on
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -129,6 +140,8 @@ def read_table(path: str | Path, sep: str | None = None) -> pd.DataFrame:
         frame = _read_delimited(path, _decode(path, raw), sep or ("\t" if fmt == "tsv" else ","))
     if frame.empty:
         raise TexttuneError(f"{path}: the file has a header but no data rows")
+    if fmt in ("parquet", "jsonl"):  # typed formats: the same strings a CSV would give, missing values empty
+        frame = frame.astype(object).where(frame.notna(), "").map(str)
     frame.attrs["source"] = str(path)
     logger.info("read %s: %d rows, columns %s", path, len(frame), list(frame.columns))
     return frame
@@ -156,8 +169,8 @@ def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
 
 
-def read_texts(frame: pd.DataFrame, columns: Sequence[str], joiner: str = "\n") -> list[str]:
-    """Texts of each row (several columns joined), refusing empty ones with their row number."""
+def check_texts(frame: pd.DataFrame, columns: Sequence[str]) -> None:
+    """Refuse absent text columns and empty texts, naming the row."""
     require_columns(frame, columns, "text")
     for column in columns:
         for row, value in enumerate(frame[column].tolist(), start=1):
@@ -165,6 +178,11 @@ def read_texts(frame: pd.DataFrame, columns: Sequence[str], joiner: str = "\n") 
                 raise TexttuneError(
                     f"{source_of(frame)}: row {row} has an empty text in column '{column}'; fill it or drop the row"
                 )
+
+
+def read_texts(frame: pd.DataFrame, columns: Sequence[str], joiner: str) -> list[str]:
+    """Texts of each row, several columns joined by `joiner` (see `text_joiner`), after `check_texts`."""
+    check_texts(frame, columns)
     if len(columns) == 1:
         return [str(v) for v in frame[columns[0]].tolist()]
     return [joiner.join(str(v) for v in values) for values in zip(*(frame[c].tolist() for c in columns))]

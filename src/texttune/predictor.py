@@ -16,6 +16,7 @@ from texttune._hardware import use_bf16
 from texttune._io import atomic_file
 from texttune.bundle import BundleInfo, load_bundle
 from texttune.data import PaddingCollator, encode_texts, read_table, read_texts, require_columns, text_joiner
+from texttune.errors import TexttuneError
 from texttune.models.heads import TextModel
 from texttune.task import TaskSpec
 
@@ -39,7 +40,10 @@ class Predictor:
         precision: str = "auto",
         progress: bool = False,
     ) -> None:
-        self.model = model.eval()
+        if batch_size < 1:
+            raise TexttuneError(f"batch_size must be a positive integer, got {batch_size}")
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.eval().to(self.device)
         self.tokenizer = tokenizer
         self.info = info
         self.batch_size = batch_size
@@ -63,12 +67,12 @@ class Predictor:
         order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
         outputs = np.zeros((len(texts), self.task.num_outputs), dtype=np.float32)
         starts = range(0, len(order), self.batch_size)
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
             for start in tqdm(starts, desc="predict", disable=not self.progress, unit="batch"):
                 index = order[start : start + self.batch_size]
-                batch = self.collator([features[i] for i in index])
-                outputs[index] = self.model(**batch)["logits"].float().numpy()
+                batch = {k: v.to(self.device) for k, v in self.collator([features[i] for i in index]).items()}
+                outputs[index] = self.model(**batch)["logits"].float().cpu().numpy()
         return outputs
 
     def predict(self, texts: Sequence[str]) -> pd.DataFrame:
@@ -90,14 +94,18 @@ class Predictor:
         probabilities = {label: float(row[f"prob_{label}"]) for label in self.task.labels}
         return {"label": row["label"], "index": self.task.labels.index(row["label"]), "probabilities": probabilities}
 
+    def texts_of(self, frame: pd.DataFrame) -> list[str]:
+        """The model's input texts for a table's rows, its text columns joined as in training."""
+        return read_texts(frame, self.info.text_columns, text_joiner(self.tokenizer))
+
     def predict_table(self, frame: pd.DataFrame) -> pd.DataFrame:
         """A submission: the id column first when the bundle has one, then the label or one column per target."""
-        texts = read_texts(frame, self.info.text_columns, text_joiner(self.tokenizer))
-        predictions = self.predict(texts)
+        if self.info.id_column:
+            require_columns(frame, [self.info.id_column], "id")
+        predictions = self.predict(self.texts_of(frame))
         if not self.task.is_regression:
             predictions = predictions[["label"]].rename(columns={"label": self.task.target_columns[0]})
         if self.info.id_column:
-            require_columns(frame, [self.info.id_column], "id")
             predictions.insert(0, self.info.id_column, frame[self.info.id_column].to_numpy())
         return predictions
 

@@ -6,6 +6,7 @@ A `TaskSpec` is fixed at training time and stored in the bundle, so prediction n
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -60,12 +61,20 @@ class TaskSpec:
         return cls(**{**data, **tuples})
 
 
+NA_STRINGS = {"nan", "na", "n/a", "null", "none", "-", "?"}
+
+
+def _is_missing_target(value: Any) -> bool:
+    """Empty, or a conventional missing-value marker: in a target column these are never real values."""
+    return is_missing(value) or str(value).strip().lower() in NA_STRINGS
+
+
 def _numeric(frame: pd.DataFrame, column: str) -> np.ndarray:
     """Parse a target column as floats, naming the first missing or non-numeric row."""
     values = frame[column].tolist()
     parsed = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(dtype=np.float64)
     for row, (value, number) in enumerate(zip(values, parsed), start=1):
-        if is_missing(value) or (np.isnan(number) and str(value).strip().lower() in {"nan", "na", "null", "none"}):
+        if _is_missing_target(value):
             raise TexttuneError(
                 f"{source_of(frame)}: row {row} has no value in target column '{column}'; fill it or drop the row"
             )
@@ -112,7 +121,7 @@ def infer_task(frame: pd.DataFrame, target_columns: list[str], config: TaskConfi
             kind = "regression"
         else:
             values = frame[target_columns[0]].tolist()
-            numeric = _all_numeric([v for v in values if not is_missing(v)])
+            numeric = _all_numeric([v for v in values if not _is_missing_target(v)])
             kind = (
                 "regression"
                 if numeric and not np.all(np.mod(_numeric(frame, target_columns[0]), 1) == 0)
@@ -168,12 +177,20 @@ def encode_targets(frame: pd.DataFrame, spec: TaskSpec) -> np.ndarray:
 
 def split_train_valid(frame: pd.DataFrame, spec: TaskSpec, fraction: float, seed: int) -> tuple[pd.DataFrame, ...]:
     """Hold out `fraction` of the rows, stratified by class when every class has two rows or more."""
+    held_out = math.ceil(fraction * len(frame))
+    if held_out >= len(frame) or held_out < 1:
+        raise TexttuneError(
+            f"{source_of(frame)}: {len(frame)} rows cannot be split with data.valid_fraction {fraction}; "
+            "add rows or give a separate data.valid file"
+        )
     stratify = None
     if not spec.is_regression:
         labels = frame[spec.target_columns[0]].astype(str)
-        if labels.value_counts().min() >= 2:
+        counts = labels.value_counts()
+        # sklearn needs two rows per class, and at least one held-out row per class
+        if counts.min() >= 2 and min(held_out, len(frame) - held_out) >= len(counts):
             stratify = labels
-    train, valid = train_test_split(frame, test_size=fraction, random_state=seed, stratify=stratify)
+    train, valid = train_test_split(frame, test_size=held_out, random_state=seed, stratify=stratify)
     for part in (train, valid):
         part.attrs.update(frame.attrs)
     return train, valid

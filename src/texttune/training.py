@@ -18,17 +18,19 @@ import torch
 from transformers import TrainingArguments, set_seed
 
 from texttune._hardware import use_bf16
-from texttune.bundle import BundleInfo, save_bundle
+from texttune.bundle import BUNDLE_FILE, BundleInfo, save_bundle
 from texttune.config import Recipe
 from texttune.data import (
     EncodedDataset,
     PaddingCollator,
+    check_texts,
     encode_texts,
     read_table,
     read_texts,
     require_columns,
     text_joiner,
 )
+from texttune.errors import TexttuneError
 from texttune.metrics import baseline_metrics, best_metric, make_compute_metrics
 from texttune.models import TextModel, create_loss, load_backbone
 from texttune.models.registry import check_max_length
@@ -53,13 +55,13 @@ def load_tables(recipe: Recipe) -> tuple[pd.DataFrame, pd.DataFrame, TaskSpec]:
     """Read, validate and split the data; regression statistics come from the training part only."""
     data = recipe.data
     frame = read_table(data.train, data.sep)
-    read_texts(frame, data.text_columns)
+    check_texts(frame, data.text_columns)
     if data.id_column:
         require_columns(frame, [data.id_column], "id")
     spec = infer_task(frame, data.target_columns, recipe.task)
     if data.valid is not None:
         train, valid = frame, read_table(data.valid, data.sep)
-        read_texts(valid, data.text_columns)
+        check_texts(valid, data.text_columns)
     else:
         train, valid = split_train_valid(frame, spec, data.valid_fraction, recipe.training.seed)
         if spec.is_regression:
@@ -115,10 +117,23 @@ def _training_arguments(recipe: Recipe, spec: TaskSpec, train_rows: int, scratch
     )
 
 
+def _eval_history(trainer: TexttuneTrainer) -> list[dict[str, float]]:
+    return [
+        {k.removeprefix("eval_"): v for k, v in e.items() if "runtime" not in k and "per_second" not in k}
+        for e in trainer.state.log_history
+        if "eval_loss" in e
+    ]
+
+
 def _best_eval(trainer: TexttuneTrainer, metric: str) -> dict[str, float]:
     """Metrics of the kept checkpoint, read from the log instead of evaluating once more."""
     evals = [e for e in trainer.state.log_history if f"eval_{metric}" in e]
-    best = next(e for e in evals if e[f"eval_{metric}"] == trainer.state.best_metric)
+    best = next((e for e in evals if e[f"eval_{metric}"] == trainer.state.best_metric), None)
+    if best is None:
+        raise TexttuneError(
+            f"no finite validation {metric} was reached (the loss diverged, or no evaluation ran); "
+            "lower training.learning_rate or train longer"
+        )
     return {
         k.removeprefix("eval_"): v
         for k, v in best.items()
@@ -137,6 +152,12 @@ def train(recipe: Recipe) -> TrainResult:
         >>> result.metrics["accuracy"]
     """
     started = time.perf_counter()
+    output = Path(recipe.output.dir)
+    if output.exists() and not (output / BUNDLE_FILE).is_file():
+        raise TexttuneError(
+            f"output.dir {output} exists and is not a texttune bundle; it would be replaced, so choose another "
+            "output.dir or remove it"
+        )
     set_seed(recipe.training.seed)
     train_frame, valid_frame, spec = load_tables(recipe)
     train_targets, valid_targets = encode_targets(train_frame, spec), encode_targets(valid_frame, spec)
@@ -157,7 +178,6 @@ def train(recipe: Recipe) -> TrainResult:
     optimizer = build_optimizer(
         model, training.learning_rate, training.head_learning_rate, training.weight_decay, training.layer_decay
     )
-    output = Path(recipe.output.dir)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".texttune-checkpoints-", dir=output.parent) as scratch:
         args = _training_arguments(recipe, spec, len(train_set), scratch)
@@ -176,6 +196,7 @@ def train(recipe: Recipe) -> TrainResult:
         )
         trainer.train()
         metrics = _best_eval(trainer, best_metric(spec)[0])
+        history = _eval_history(trainer)
     baseline = baseline_metrics(train_targets, valid_targets, spec)
     seconds = time.perf_counter() - started
     info = BundleInfo(
@@ -195,6 +216,7 @@ def train(recipe: Recipe) -> TrainResult:
         "train_rows": len(train_set),
         "valid_rows": len(valid_set),
         "seconds": round(seconds, 1),
+        "history": history,
     }
     save_bundle(output, trainer.model, tokenizer, info, report, recipe.to_dict())
     logger.info("bundle written to %s", output)

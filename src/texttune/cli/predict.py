@@ -9,6 +9,12 @@ import logging
 logger = logging.getLogger(__name__)
 
 
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)
+
+
 def register(subcommands: argparse._SubParsersAction) -> None:
     parser = subcommands.add_parser("predict", help="predict a table or one text with a trained bundle")
     parser.add_argument("bundle", help="bundle directory written by `texttune train`")
@@ -17,7 +23,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     source.add_argument("--text", help="one text; prints JSON")
     parser.add_argument("--output", help="submission CSV to write (with --input)")
     parser.add_argument("--sep", help="field separator of --input when not implied by its suffix")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=_positive, default=64, help="texts per forward pass (64)")
     parser.set_defaults(run=run, parser=parser)
 
 

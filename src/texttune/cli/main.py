@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from texttune import __version__
 from texttune.cli import predict, train
 from texttune.errors import TexttuneError
 
@@ -14,8 +15,11 @@ COMMANDS = (train, predict)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="texttune", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="texttune", description="Fine-tune transformer encoders on tables of text, and predict with them."
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("--version", action="version", version=f"texttune {__version__}")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(subcommands)

@@ -13,6 +13,9 @@ from texttune.models import POOLINGS, TextModel, create_loss, load_backbone
 from texttune.models.heads import ClsPooling, MeanPooling
 from texttune.models.layer_groups import layer_groups
 from texttune.policy import param_groups
+from texttune.task import TaskSpec
+
+REGRESSION = TaskSpec(kind="regression", target_columns=("a", "b"))
 
 
 def test_mean_pooling_ignores_padding() -> None:
@@ -29,10 +32,24 @@ def test_cls_pooling_reads_the_last_position_for_left_padding() -> None:
 
 def test_rmse_loss_matches_its_definition() -> None:
     predictions, targets = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[2.0, 2.0], [3.0, 1.0]])
-    loss = create_loss(TaskConfig(loss="rmse"), regression=True)(predictions, targets)
+    loss = create_loss(TaskConfig(loss="rmse"), REGRESSION)(predictions, targets)
     assert loss.item() == pytest.approx(((0.5) ** 0.5 + (4.5) ** 0.5) / 2, rel=1e-6)
     with pytest.raises(TexttuneError, match="does not fit a regression task"):
-        create_loss(TaskConfig(loss="cross_entropy"), regression=True)
+        create_loss(TaskConfig(loss="cross_entropy"), REGRESSION)
+
+
+def test_ordinal_cross_entropy_prefers_near_misses() -> None:
+    spec = TaskSpec(kind="classification", target_columns=("y",), labels=("0", "1", "2", "3", "4"))
+    loss = create_loss(TaskConfig(loss="ordinal_cross_entropy", ordinal_scale=1.0), spec)
+    soft = loss.soft_targets
+    torch.testing.assert_close(soft.sum(dim=1), torch.ones(5))
+    assert soft[2, 2] > soft[2, 1] == soft[2, 3] > soft[2, 0]
+    assert soft[2, 1] / soft[2, 2] == pytest.approx(float(torch.exp(torch.tensor(-1.0))), rel=1e-5)
+    labels = torch.tensor([4])
+    near, far = torch.tensor([[0.0, 0, 0, 5, 0]]), torch.tensor([[5.0, 0, 0, 0, 0]])
+    assert loss(near, labels) < loss(far, labels)
+    with pytest.raises(TexttuneError, match="needs numeric class labels"):
+        create_loss(TaskConfig(loss="ordinal_cross_entropy"), TaskSpec("classification", ("y",), ("a", "b")))
 
 
 @pytest.mark.parametrize("pooling", list(POOLINGS))

@@ -42,8 +42,13 @@ class TaskConfig(_Section):
     """What is learned: inferred from the targets unless given."""
 
     type: Literal["auto", "regression", "classification"] = "auto"
-    loss: Literal["auto", "rmse", "mse", "smooth_l1", "cross_entropy"] = Field(
-        "auto", description="auto: rmse for regression, cross_entropy for classification."
+    loss: Literal["auto", "rmse", "mse", "smooth_l1", "cross_entropy", "ordinal_cross_entropy"] = Field(
+        "auto",
+        description="auto: rmse for regression, cross_entropy for classification; ordinal_cross_entropy for "
+        "ordered numeric classes such as ratings.",
+    )
+    ordinal_scale: float = Field(
+        2.0, gt=0, description="ordinal_cross_entropy: soft target of class j for true class i ~ exp(-scale*(i-j)^2)"
     )
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
     clip_predictions: bool = Field(True, description="Clip regression outputs to the training targets' range.")

@@ -191,7 +191,7 @@ def train(recipe: Recipe) -> TrainResult:
             ),
             compute_metrics=make_compute_metrics(spec),
             optimizers=(optimizer, None),
-            loss=create_loss(recipe.task, spec.is_regression),
+            loss=create_loss(recipe.task, spec),
             group_by_length=training.group_by_length,
         )
         trainer.train()

@@ -83,6 +83,9 @@ class TrainingConfig(_Section):
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_grad_norm: float = Field(1.0, gt=0)
     evals_per_epoch: int = Field(1, ge=1, description="Validation passes per epoch; the best one is kept.")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="Evaluate and keep an exponential moving average of the weights (e.g. 0.995)."
+    )
     group_by_length: bool = Field(True, description="Batch texts of similar length to pad less.")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 where the hardware has it.")
     seed: int = 42

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -10,6 +11,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 
 from texttune.data import EncodedDataset, LengthGroupedBatchSampler
+from texttune.policy.callbacks import WeightAveraging
 
 
 class TexttuneTrainer(Trainer):
@@ -21,10 +23,33 @@ class TexttuneTrainer(Trainer):
         *args, **kwargs: passed to `transformers.Trainer`.
     """
 
-    def __init__(self, *args: Any, loss: nn.Module, group_by_length: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        loss: nn.Module,
+        group_by_length: bool = True,
+        weight_averaging: WeightAveraging | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.loss = loss
         self.group_by_length = group_by_length
+        self.weight_averaging = weight_averaging
+        if weight_averaging is not None:
+            self.add_callback(weight_averaging)
+
+    def _averaged(self) -> contextlib.AbstractContextManager:
+        return self.weight_averaging.applied(self.model) if self.weight_averaging else contextlib.nullcontext()
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """Evaluate the averaged weights when weight averaging is on."""
+        with self._averaged():
+            return super().evaluate(*args, **kwargs)
+
+    def save_model(self, *args: Any, **kwargs: Any) -> None:
+        """Checkpoint the averaged weights, so the best checkpoint loaded at the end is an average."""
+        with self._averaged():
+            super().save_model(*args, **kwargs)
 
     def compute_loss(
         self,

@@ -35,6 +35,7 @@ from texttune.metrics import baseline_metrics, best_metric, make_compute_metrics
 from texttune.models import TextModel, create_loss, load_backbone
 from texttune.models.registry import check_max_length
 from texttune.policy import build_optimizer
+from texttune.policy.callbacks import WeightAveraging
 from texttune.task import TaskSpec, encode_targets, infer_task, split_train_valid
 from texttune.trainer import TexttuneTrainer
 
@@ -193,6 +194,7 @@ def train(recipe: Recipe) -> TrainResult:
             optimizers=(optimizer, None),
             loss=create_loss(recipe.task, spec),
             group_by_length=training.group_by_length,
+            weight_averaging=WeightAveraging(training.ema_decay) if training.ema_decay else None,
         )
         trainer.train()
         metrics = _best_eval(trainer, best_metric(spec)[0])

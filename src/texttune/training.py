@@ -34,7 +34,7 @@ from texttune.errors import TexttuneError
 from texttune.metrics import baseline_metrics, best_metric, make_compute_metrics
 from texttune.models import TextModel, create_loss, load_backbone
 from texttune.models.registry import check_max_length
-from texttune.policy import build_optimizer
+from texttune.policy import param_groups
 from texttune.policy.callbacks import WeightAveraging
 from texttune.task import TaskSpec, encode_targets, infer_task, split_train_valid
 from texttune.trainer import TexttuneTrainer
@@ -176,9 +176,10 @@ def train(recipe: Recipe) -> TrainResult:
         initial_bias=spec.target_mean if spec.is_regression else None,
     )
     training = recipe.training
-    optimizer = build_optimizer(
+    groups = param_groups(
         model, training.learning_rate, training.head_learning_rate, training.weight_decay, training.layer_decay
     )
+    optimizer = torch.optim.AdamW(groups, lr=training.learning_rate, eps=1e-6)  # handed to the Trainer as is
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".texttune-checkpoints-", dir=output.parent) as scratch:
         args = _training_arguments(recipe, spec, len(train_set), scratch)

@@ -1,5 +1,5 @@
 """Training policy: which parameters learn, how fast, and when."""
 
-from texttune.policy.param_groups import build_optimizer, param_groups
+from texttune.policy.param_groups import param_groups
 
-__all__ = ["build_optimizer", "param_groups"]
+__all__ = ["param_groups"]

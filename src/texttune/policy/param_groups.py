@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from texttune.models.heads import TextModel
 from texttune.models.layer_groups import layer_groups
 
@@ -47,15 +45,3 @@ def param_groups(
         group["params"].append(parameter)
     # Encoder groups first: the Trainer logs the learning rate of group 0.
     return [groups[key] for key in sorted(groups, key=lambda key: (key[0] < 0, key))]
-
-
-def build_optimizer(
-    model: TextModel,
-    learning_rate: float,
-    head_learning_rate: float | None = None,
-    weight_decay: float = 0.01,
-    layer_decay: float = 1.0,
-) -> torch.optim.AdamW:
-    """AdamW over `param_groups`, handed to the Trainer through `optimizers=(optimizer, None)`."""
-    groups = param_groups(model, learning_rate, head_learning_rate, weight_decay, layer_decay)
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.999), eps=1e-6)

@@ -119,6 +119,7 @@ def _training_arguments(recipe: Recipe, spec: TaskSpec, train_rows: int, scratch
 
 
 def _eval_history(trainer: TexttuneTrainer) -> list[dict[str, float]]:
+    """Every evaluation of the run, with its step and epoch, without the `eval_` prefix and timing keys."""
     return [
         {k.removeprefix("eval_"): v for k, v in e.items() if "runtime" not in k and "per_second" not in k}
         for e in trainer.state.log_history
@@ -126,20 +127,15 @@ def _eval_history(trainer: TexttuneTrainer) -> list[dict[str, float]]:
     ]
 
 
-def _best_eval(trainer: TexttuneTrainer, metric: str) -> dict[str, float]:
-    """Metrics of the kept checkpoint, read from the log instead of evaluating once more."""
-    evals = [e for e in trainer.state.log_history if f"eval_{metric}" in e]
-    best = next((e for e in evals if e[f"eval_{metric}"] == trainer.state.best_metric), None)
-    if best is None:
+def _best_eval(history: list[dict[str, float]], metric: str, best: float | None) -> dict[str, float]:
+    """Metrics of the kept checkpoint, read from the history instead of evaluating once more."""
+    kept = next((h for h in history if h.get(metric) == best), None)
+    if kept is None:
         raise TexttuneError(
             f"no finite validation {metric} was reached (the loss diverged, or no evaluation ran); "
             "lower training.learning_rate or train longer"
         )
-    return {
-        k.removeprefix("eval_"): v
-        for k, v in best.items()
-        if k.startswith("eval_") and "runtime" not in k and "per_second" not in k
-    } | {"step": best["step"], "epoch": best["epoch"]}
+    return kept
 
 
 def train(recipe: Recipe) -> TrainResult:
@@ -198,8 +194,8 @@ def train(recipe: Recipe) -> TrainResult:
             weight_averaging=WeightAveraging(training.ema_decay) if training.ema_decay else None,
         )
         trainer.train()
-        metrics = _best_eval(trainer, best_metric(spec)[0])
         history = _eval_history(trainer)
+        metrics = _best_eval(history, best_metric(spec)[0], trainer.state.best_metric)
     baseline = baseline_metrics(train_targets, valid_targets, spec)
     seconds = time.perf_counter() - started
     info = BundleInfo(

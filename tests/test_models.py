@@ -80,9 +80,9 @@ def test_layer_groups_and_layerwise_learning_rates(tiny_backbone: Path) -> None:
     named = param_groups(model, 1e-4, 1e-3, 0.01, layer_decay=0.5)
     rates = {g["name"]: g["lr"] for g in named}
     # head, then the top group and the last layer at the base rate, halving per group below
-    assert rates["head"] == 1e-3 and rates["body_0"] == 1e-4
-    assert rates["body_1"] == pytest.approx(5e-5)  # layer 0
-    assert rates["body_2"] == pytest.approx(2.5e-5)  # embeddings
+    assert rates["head"] == 1e-3 and rates["level_1"] == 1e-4
+    assert rates["level_2"] == pytest.approx(5e-5)  # layer 0
+    assert rates["level_3"] == pytest.approx(2.5e-5)  # embeddings
     assert len(rates) == 8  # (head, top + last layer, layer 0, embeddings) x (decay, no decay)
     no_decay = {id(p) for g in named if g["weight_decay"] == 0.0 for p in g["params"]}
     for name, parameter in model.named_parameters():

@@ -78,8 +78,12 @@ def save_bundle(
     info: BundleInfo,
     metrics: dict[str, Any] | None = None,
     recipe: dict[str, Any] | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> Path:
-    """Write a bundle atomically: a reader sees the old bundle or the whole new one, never a mix."""
+    """Write a bundle atomically: a reader sees the old bundle or the whole new one, never a mix.
+
+    `extra_files` (name -> content, such as plots) are written inside it; loading ignores them.
+    """
     path = Path(path)
     info = dataclasses.replace(info, versions=_versions())
     with atomic_directory(path) as staging:
@@ -89,6 +93,8 @@ def save_bundle(
         (staging / "metrics.json").write_text(json.dumps(metrics or {}, indent=2) + "\n")
         if recipe is not None:
             (staging / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+        for name, content in (extra_files or {}).items():
+            (staging / name).write_bytes(content)
     return path
 
 

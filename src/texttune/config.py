@@ -7,11 +7,12 @@ Relative paths in a recipe are read from the current directory (run texttune fro
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from texttune.errors import TexttuneError
 
@@ -66,20 +67,70 @@ class ModelConfig(_Section):
     max_length: int = Field(512, ge=8, description="Tokens per text after truncation.")
 
 
+# A learning rate, or fastai's slice(lo, hi): rates spread geometrically from the embeddings (lo) to the head (hi).
+LearningRate = float | tuple[float, float]
+
+
+def _check_learning_rate(value: LearningRate | None) -> LearningRate | None:
+    low, high = value if isinstance(value, tuple) else (value, value)
+    if low is not None and not 0 < low <= high:
+        raise ValueError("a learning rate is a positive number, or [low, high] with 0 < low <= high")
+    return value
+
+
+class Stage(_Section):
+    """One stage of gradual unfreezing, trained with a schedule of its own (e.g. one cycle)."""
+
+    unfreeze: int | Literal["all"] = Field(
+        "all", description="How many levels from the top train: 1 is the head alone, 2 adds the last layer, ..."
+    )
+    epochs: float = Field(1, gt=0)
+    learning_rate: LearningRate | None = Field(
+        None,
+        validation_alias=AliasChoices("learning_rate", "lr"),
+        description="This stage's training.learning_rate (alias lr); None keeps training.learning_rate.",
+    )
+
+    _rates = field_validator("learning_rate")(_check_learning_rate)
+
+    @field_validator("unfreeze")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("unfreeze is a number of levels from the top (1: the head alone) or 'all'")
+        return value
+
+
 class TrainingConfig(_Section):
     """Optimisation: AdamW, warmup then decay, evaluation and best-checkpoint selection."""
 
     epochs: float = Field(3, gt=0)
     batch_size: int = Field(16, ge=1)
     eval_batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(5e-5, gt=0, description="Encoder learning rate.")
+    learning_rate: LearningRate = Field(
+        5e-5,
+        description="Rate of the encoder's top layer; [low, high] is fastai's slice: high for the head, low for "
+        "the embeddings, geometric in between.",
+    )
     head_learning_rate: float | None = Field(None, gt=0, description="Head learning rate; None: learning_rate.")
     layer_decay: float = Field(
         1.0, gt=0, le=1, description="Layer-wise LR decay: each encoder layer gets this times the one above."
     )
     weight_decay: float = Field(0.01, ge=0, description="Not applied to biases and LayerNorm weights.")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Warmup share of the steps; one_cycle's pct_start.")
+    scheduler: Literal["linear", "cosine", "constant_with_warmup", "one_cycle"] = Field(
+        "linear",
+        description="one_cycle: torch's OneCycleLR (cosine up to the rate, then down to 1/25e5 of it) with Adam's "
+        "beta1 cycled against it between momentums.",
+    )
+    momentums: tuple[float, float] = Field(
+        (0.95, 0.85), description="one_cycle: beta1 at the start and end, and at the peak of the learning rate."
+    )
+    stages: list[Stage] | None = Field(
+        None,
+        description="Gradual unfreezing, e.g. [{unfreeze: 1, epochs: 1, lr: 2e-3}, {unfreeze: all, epochs: 2}]; "
+        "each stage gets a fresh optimizer over its trainable levels and its own schedule. Replaces epochs.",
+    )
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_grad_norm: float = Field(1.0, gt=0)
     evals_per_epoch: int = Field(1, ge=1, description="Validation passes per epoch; the best one is kept.")
@@ -89,6 +140,20 @@ class TrainingConfig(_Section):
     group_by_length: bool = Field(True, description="Batch texts of similar length to pad less.")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 where the hardware has it.")
     seed: int = 42
+
+    _rates = field_validator("learning_rate")(_check_learning_rate)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingConfig:
+        if isinstance(self.learning_rate, tuple) and self.layer_decay != 1:
+            raise ValueError("learning_rate [low, high] already spreads the rates; leave layer_decay at 1")
+        if self.stages is not None and not self.stages:
+            raise ValueError("training.stages needs at least one stage, or leave it out")
+        return self
+
+    def stage_plan(self) -> list[Stage]:
+        """The stages to run; without `stages`, one stage that trains everything for `epochs`."""
+        return list(self.stages) if self.stages else [Stage(unfreeze="all", epochs=self.epochs)]
 
 
 class OutputConfig(_Section):
@@ -130,13 +195,21 @@ def _suggest(word: str, choices: list[str]) -> str:
     return f"{hint}valid keys: {', '.join(choices)}"
 
 
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    """The section class inside an annotation such as `Stage`, `list[Stage] | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next(filter(None, map(_section_type, typing.get_args(annotation))), None)
+
+
 def _fields_at(location: tuple[Any, ...]) -> list[str]:
-    model: type[BaseModel] = Recipe
+    model: type[BaseModel] | None = Recipe
     for part in location:
-        annotation = model.model_fields[str(part)].annotation
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        if isinstance(part, int):  # an index into a list of sections
+            continue
+        model = _section_type(model.model_fields[str(part)].annotation)
+        if model is None:
             return []
-        model = annotation
     return list(model.model_fields)
 
 
@@ -147,6 +220,9 @@ def _describe(error: dict[str, Any]) -> str:
         return f"unknown key '{path}'; {_suggest(str(location[-1]), _fields_at(location[:-1]))}"
     if error["type"] == "missing":
         return f"missing required key '{path}'"
+    while location and not isinstance(location[-1], int) and location[-1] not in _fields_at(location[:-1]):
+        location = location[:-1]  # pydantic names the member of a union it tried, e.g. '.float'
+    path = ".".join(str(part) for part in location) or path
     return f"{path}: {error['msg']} (got {error.get('input')!r})"
 
 

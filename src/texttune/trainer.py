@@ -3,15 +3,38 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from texttune.data import EncodedDataset, LengthGroupedBatchSampler
 from texttune.policy.callbacks import WeightAveraging
+
+logger = logging.getLogger(__name__)
+
+
+class ProgressBar(ProgressCallback):
+    """The Trainer's tqdm bar with the latest loss in its postfix; evaluations go to the log on stderr.
+
+    The stock callback writes every log dict to stdout, which drowns a command's own output (JSON, tables).
+    """
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if not logs or self.training_bar is None:
+            return
+        if "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{float(logs['loss']):.4g}", refresh=False)
+        scores = {k.removeprefix("eval_"): v for k, v in logs.items() if k.startswith("eval_")}
+        if scores:
+            shown = ", ".join(
+                f"{k} {float(v):.4g}" for k, v in scores.items() if not k.endswith(("runtime", "second"))
+            )
+            logger.info("step %d (epoch %.2f): %s", state.global_step, state.epoch or 0.0, shown)
 
 
 class TexttuneTrainer(Trainer):
@@ -32,6 +55,9 @@ class TexttuneTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.remove_callback(PrinterCallback)
+        if self.pop_callback(ProgressCallback) is not None:
+            self.add_callback(ProgressBar)
         self.loss = loss
         self.group_by_length = group_by_length
         self.weight_averaging = weight_averaging

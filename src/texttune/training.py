@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from transformers import TrainingArguments, set_seed
+from transformers import TrainerCallback, TrainingArguments, set_seed
 
+from texttune import plots
 from texttune._hardware import use_bf16
 from texttune.bundle import BUNDLE_FILE, BundleInfo, save_bundle
-from texttune.config import Recipe
+from texttune.config import LearningRate, Recipe, Stage, TrainingConfig
 from texttune.data import (
     EncodedDataset,
     PaddingCollator,
@@ -35,7 +36,8 @@ from texttune.metrics import baseline_metrics, best_metric, make_compute_metrics
 from texttune.models import TextModel, create_loss, load_backbone
 from texttune.models.registry import check_max_length
 from texttune.policy import param_groups
-from texttune.policy.callbacks import WeightAveraging
+from texttune.policy.callbacks import EvaluateAtEnd, KeepBest, WeightAveraging
+from texttune.policy.schedules import one_cycle
 from texttune.task import TaskSpec, encode_targets, infer_task, split_train_valid
 from texttune.trainer import TexttuneTrainer
 
@@ -82,64 +84,176 @@ def _dataset(
     return EncodedDataset(features, targets.tolist())
 
 
-def _training_arguments(recipe: Recipe, spec: TaskSpec, train_rows: int, scratch: str) -> TrainingArguments:
+@dataclass
+class Prepared:
+    """Everything a run needs before its first step: validated data, tokenized once, and the untrained model."""
+
+    recipe: Recipe
+    spec: TaskSpec
+    tokenizer: Any
+    model: TextModel
+    train_set: EncodedDataset
+    valid_set: EncodedDataset
+    baseline: dict[str, float]
+
+    def collator(self) -> PaddingCollator:
+        tokenizer = self.tokenizer
+        return PaddingCollator(tokenizer.pad_token_id, tokenizer.padding_side, max_length=self.recipe.model.max_length)
+
+
+def prepare(recipe: Recipe) -> Prepared:
+    """Read and validate the data, load the encoder, tokenize, and build the model with its seeded head.
+
+    Raises:
+        TexttuneError: bad data or configuration, before any training starts.
+    """
+    set_seed(recipe.training.seed)
+    train_frame, valid_frame, spec = load_tables(recipe)
+    train_targets, valid_targets = encode_targets(train_frame, spec), encode_targets(valid_frame, spec)
+    backbone, tokenizer = load_backbone(recipe.model.backbone, recipe.model.backbone_dropout)
+    check_max_length(backbone, recipe.model.max_length)
+    train_set = _dataset(tokenizer, train_frame, recipe, train_targets)
+    valid_set = _dataset(tokenizer, valid_frame, recipe, valid_targets, by_length=True)
+    set_seed(recipe.training.seed)
+    model = TextModel(
+        backbone,
+        recipe.model.pooling,
+        spec.num_outputs,
+        recipe.model.head_dropout,
+        initial_bias=spec.target_mean if spec.is_regression else None,
+    )
+    baseline = baseline_metrics(train_targets, valid_targets, spec)
+    return Prepared(recipe, spec, tokenizer, model, train_set, valid_set, baseline)
+
+
+def steps_per_epoch(recipe: Recipe, train_rows: int) -> int:
     training = recipe.training
-    steps_per_epoch = math.ceil(math.ceil(train_rows / training.batch_size) / training.gradient_accumulation_steps)
-    total_steps = math.ceil(steps_per_epoch * training.epochs)
-    eval_steps = max(1, math.ceil(steps_per_epoch / training.evals_per_epoch))
-    metric, greater_is_better = best_metric(spec)
-    return TrainingArguments(
-        output_dir=scratch,
-        num_train_epochs=training.epochs,
-        per_device_train_batch_size=training.batch_size,
-        per_device_eval_batch_size=training.eval_batch_size,
-        gradient_accumulation_steps=training.gradient_accumulation_steps,
-        max_grad_norm=training.max_grad_norm,
-        lr_scheduler_type=training.scheduler,
-        warmup_steps=int(training.warmup_ratio * total_steps),
+    return math.ceil(math.ceil(train_rows / training.batch_size) / training.gradient_accumulation_steps)
+
+
+def training_arguments(recipe: Recipe, max_steps: int, scratch: str, seed: int, **overrides: Any) -> TrainingArguments:
+    """The Trainer's arguments for `max_steps` optimizer steps; evaluation and checkpoints are set by the caller."""
+    training = recipe.training
+    arguments: dict[str, Any] = {
+        "output_dir": scratch,
+        "max_steps": max_steps,
+        "per_device_train_batch_size": training.batch_size,
+        "per_device_eval_batch_size": training.eval_batch_size,
+        "gradient_accumulation_steps": training.gradient_accumulation_steps,
+        "max_grad_norm": training.max_grad_norm,
+        "lr_scheduler_type": "linear" if training.scheduler == "one_cycle" else training.scheduler,
+        "warmup_steps": int(training.warmup_ratio * max_steps),
+        "save_strategy": "no",
+        "logging_steps": 50,
+        "bf16": use_bf16(training.precision),
+        "use_cpu": not torch.cuda.is_available(),
+        "seed": seed,
+        "data_seed": seed,
+        "label_names": ["labels"],
+        "remove_unused_columns": False,
+        "dataloader_num_workers": 0,
+        "report_to": "none",
+    }
+    return TrainingArguments(**{**arguments, **overrides})
+
+
+def adamw(model: TextModel, training: TrainingConfig, learning_rate: LearningRate | None = None) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, with the recipe's discriminative rates (`learning_rate` overrides)."""
+    groups = param_groups(
+        model,
+        learning_rate or training.learning_rate,
+        training.head_learning_rate,
+        training.weight_decay,
+        training.layer_decay,
+    )
+    return torch.optim.AdamW(groups, lr=groups[0]["lr"], eps=1e-6)
+
+
+def stage_trainer(
+    prepared: Prepared, stage: Stage, index: int, scratch: str, callbacks: list[TrainerCallback]
+) -> TexttuneTrainer:
+    """A Trainer for one stage: its levels unfrozen, a fresh AdamW over them, and the stage's own schedule."""
+    recipe, training, model = prepared.recipe, prepared.recipe.training, prepared.model
+    per_epoch = steps_per_epoch(recipe, len(prepared.train_set))
+    max_steps = max(1, math.ceil(per_epoch * stage.epochs))
+    eval_steps = max(1, math.ceil(per_epoch / training.evals_per_epoch))
+    model.freeze_to(None if stage.unfreeze == "all" else stage.unfreeze)
+    optimizer = adamw(model, training, stage.learning_rate)
+    scheduler = None  # the Trainer builds lr_scheduler_type over our optimizer
+    if training.scheduler == "one_cycle":
+        scheduler = one_cycle(optimizer, max_steps, training.warmup_ratio, training.momentums)
+    args = training_arguments(
+        recipe,
+        max_steps,
+        scratch,
+        seed=training.seed + index,  # each stage draws its own batch order
         eval_strategy="steps",
         eval_steps=eval_steps,
-        save_strategy="steps",
-        save_steps=eval_steps,
-        save_only_model=True,
-        save_total_limit=1,
-        load_best_model_at_end=True,
-        metric_for_best_model=metric,
-        greater_is_better=greater_is_better,
         logging_steps=max(1, min(50, eval_steps // 4)),
-        bf16=use_bf16(training.precision),
-        use_cpu=not torch.cuda.is_available(),
-        seed=training.seed,
-        data_seed=training.seed,
-        label_names=["labels"],
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        report_to="none",
+    )
+    return TexttuneTrainer(
+        model=model,
+        args=args,
+        train_dataset=prepared.train_set,
+        eval_dataset=prepared.valid_set,
+        data_collator=prepared.collator(),
+        compute_metrics=make_compute_metrics(prepared.spec),
+        optimizers=(optimizer, scheduler),
+        loss=create_loss(recipe.task, prepared.spec),
+        group_by_length=training.group_by_length,
+        weight_averaging=WeightAveraging(training.ema_decay) if training.ema_decay else None,
+        callbacks=[EvaluateAtEnd(), *callbacks],
     )
 
 
-def _eval_history(trainer: TexttuneTrainer) -> list[dict[str, float]]:
-    """Every evaluation of the run, with its step and epoch, without the `eval_` prefix and timing keys."""
-    return [
-        {k.removeprefix("eval_"): v for k, v in e.items() if "runtime" not in k and "per_second" not in k}
-        for e in trainer.state.log_history
-        if "eval_loss" in e
-    ]
+def _stage_logs(trainer: TexttuneTrainer, stage: int, step: int, epoch: float) -> tuple[list[dict], list[dict]]:
+    """The stage's training log and evaluations, on the whole run's step and epoch axes, without timing keys."""
+    train_log, evaluations = [], []
+    for entry in trainer.state.log_history:
+        where = {"stage": stage, "step": entry["step"] + step, "epoch": round(entry.get("epoch", 0.0) + epoch, 4)}
+        if "eval_loss" in entry:
+            scores = {k.removeprefix("eval_"): v for k, v in entry.items() if k.startswith("eval_")}
+            evaluations.append({**where, **{k: v for k, v in scores.items() if not k.endswith(("runtime", "second"))}})
+        elif "loss" in entry:
+            train_log.append({**where, **{k: entry[k] for k in ("loss", "learning_rate", "grad_norm") if k in entry}})
+    return train_log, evaluations
 
 
-def _best_eval(history: list[dict[str, float]], metric: str, best: float | None) -> dict[str, float]:
-    """Metrics of the kept checkpoint, read from the history instead of evaluating once more."""
-    kept = next((h for h in history if h.get(metric) == best), None)
-    if kept is None:
-        raise TexttuneError(
-            f"no finite validation {metric} was reached (the loss diverged, or no evaluation ran); "
-            "lower training.learning_rate or train longer"
-        )
-    return kept
+@dataclass(frozen=True)
+class Fit:
+    """What training produced besides the weights: the kept evaluation, and the logs for curves and reports."""
+
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    train_log: list[dict[str, float]]
+    stage_starts: list[int]
+
+
+def fit(prepared: Prepared) -> Fit:
+    """Train the prepared model stage by stage (one stage without `training.stages`) and load the best weights seen
+    in any stage's evaluations."""
+    metric, greater_is_better = best_metric(prepared.spec)
+    keep_best = KeepBest(metric, greater_is_better)
+    train_log: list[dict[str, float]] = []
+    history: list[dict[str, float]] = []
+    step, epoch, stage_starts = 0, 0.0, []
+    with tempfile.TemporaryDirectory(prefix=".texttune-scratch-") as scratch:
+        for index, stage in enumerate(prepared.recipe.training.stage_plan()):
+            stage_starts.append(step)
+            trainer = stage_trainer(prepared, stage, index, scratch, callbacks=[keep_best])
+            trainer.train()
+            stage_train_log, evaluations = _stage_logs(trainer, index, step, epoch)
+            train_log, history = train_log + stage_train_log, history + evaluations
+            step, epoch = step + trainer.state.global_step, epoch + stage.epochs
+    keep_best.restore(prepared.model)
+    prepared.model.freeze_to(None)
+    metrics = next(entry for entry in history if entry.get(metric) == keep_best.best)
+    return Fit(metrics, history, train_log, stage_starts[1:])
 
 
 def train(recipe: Recipe) -> TrainResult:
-    """Fine-tune the recipe's encoder and write the best checkpoint as a bundle in `recipe.output.dir`.
+    """Fine-tune the recipe's encoder (`prepare`, then `fit`) and write the best weights as a bundle in `output.dir`,
+    with `training_curves.png` inside.
 
     Raises:
         TexttuneError: bad data or configuration, before any training starts.
@@ -155,68 +269,37 @@ def train(recipe: Recipe) -> TrainResult:
             f"output.dir {output} exists and is not a texttune bundle; it would be replaced, so choose another "
             "output.dir or remove it"
         )
-    set_seed(recipe.training.seed)
-    train_frame, valid_frame, spec = load_tables(recipe)
-    train_targets, valid_targets = encode_targets(train_frame, spec), encode_targets(valid_frame, spec)
-    backbone, tokenizer = load_backbone(recipe.model.backbone, recipe.model.backbone_dropout)
-    check_max_length(backbone, recipe.model.max_length)
-    train_set = _dataset(tokenizer, train_frame, recipe, train_targets)
-    valid_set = _dataset(tokenizer, valid_frame, recipe, valid_targets, by_length=True)
-
-    set_seed(recipe.training.seed)
-    model = TextModel(
-        backbone,
-        recipe.model.pooling,
-        spec.num_outputs,
-        recipe.model.head_dropout,
-        initial_bias=spec.target_mean if spec.is_regression else None,
-    )
-    training = recipe.training
-    groups = param_groups(
-        model, training.learning_rate, training.head_learning_rate, training.weight_decay, training.layer_decay
-    )
-    optimizer = torch.optim.AdamW(groups, lr=training.learning_rate, eps=1e-6)  # handed to the Trainer as is
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".texttune-checkpoints-", dir=output.parent) as scratch:
-        args = _training_arguments(recipe, spec, len(train_set), scratch)
-        trainer = TexttuneTrainer(
-            model=model,
-            args=args,
-            train_dataset=train_set,
-            eval_dataset=valid_set,
-            data_collator=PaddingCollator(
-                tokenizer.pad_token_id, tokenizer.padding_side, max_length=recipe.model.max_length
-            ),
-            compute_metrics=make_compute_metrics(spec),
-            optimizers=(optimizer, None),
-            loss=create_loss(recipe.task, spec),
-            group_by_length=training.group_by_length,
-            weight_averaging=WeightAveraging(training.ema_decay) if training.ema_decay else None,
+    if recipe.training.stages and "epochs" in recipe.training.model_fields_set:
+        logger.info(
+            "training.stages replace training.epochs: %g epochs in all", sum(s.epochs for s in recipe.training.stages)
         )
-        trainer.train()
-        history = _eval_history(trainer)
-        metrics = _best_eval(history, best_metric(spec)[0], trainer.state.best_metric)
-    baseline = baseline_metrics(train_targets, valid_targets, spec)
+    prepared = prepare(recipe)
+    result = fit(prepared)
     seconds = time.perf_counter() - started
     info = BundleInfo(
-        task=spec,
+        task=prepared.spec,
         text_columns=tuple(recipe.data.text_columns),
         id_column=recipe.data.id_column,
         backbone=recipe.model.backbone,
-        backbone_config=backbone.config.to_dict(),
+        backbone_config=prepared.model.backbone.config.to_dict(),
         pooling=recipe.model.pooling,
         head_dropout=recipe.model.head_dropout,
         max_length=recipe.model.max_length,
-        precision="bf16" if args.bf16 else "fp32",
+        precision="bf16" if use_bf16(recipe.training.precision) else "fp32",
     )
     report = {
-        "valid": metrics,
-        "baseline": baseline,
-        "train_rows": len(train_set),
-        "valid_rows": len(valid_set),
+        "valid": result.metrics,
+        "baseline": prepared.baseline,
+        "train_rows": len(prepared.train_set),
+        "valid_rows": len(prepared.valid_set),
         "seconds": round(seconds, 1),
-        "history": history,
+        "history": result.history,
+        "train_log": result.train_log,
     }
-    save_bundle(output, trainer.model, tokenizer, info, report, recipe.to_dict())
+    metric = best_metric(prepared.spec)[0]
+    curves = plots.training_curves(result.train_log, result.history, metric, result.stage_starts)
+    save_bundle(
+        output, prepared.model, prepared.tokenizer, info, report, recipe.to_dict(), {"training_curves.png": curves}
+    )
     logger.info("bundle written to %s", output)
-    return TrainResult(bundle=output, metrics=metrics, baseline=baseline, seconds=seconds)
+    return TrainResult(bundle=output, metrics=result.metrics, baseline=prepared.baseline, seconds=seconds)

@@ -5,20 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from texttune.cli._arguments import add_recipe_arguments
 from texttune.config import load_recipe
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
     parser = subcommands.add_parser("train", help="fine-tune an encoder from a YAML recipe and write a bundle")
-    parser.add_argument("recipe", help="YAML recipe, e.g. examples/demo.yaml")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a recipe value (repeatable), e.g. --set training.epochs=2",
-    )
+    add_recipe_arguments(parser)
     parser.set_defaults(run=run)
 
 

@@ -14,6 +14,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from texttune.errors import TexttuneError
+from texttune.models.layer_groups import layer_groups
 
 CLS_LAST = {"xlnet"}  # families whose summary token ends the sequence
 
@@ -109,3 +110,24 @@ class TextModel(nn.Module):
         with torch.autocast(device_type=pooled.device.type, enabled=False):
             logits = self.head(self.dropout(pooled))  # (B, C)
         return {"logits": logits}
+
+    def levels(self) -> list[list[str]]:
+        """Parameter names by depth from the top: [head, last layer, ..., first layer, embeddings].
+
+        The unit of discriminative learning rates and of gradual unfreezing. The encoder's top group (pooler,
+        final norm, relative position tables) joins its last layer: alone it may train nothing (BERT's pooler is
+        unused here).
+        """
+        embeddings, *layers, top = layer_groups(self.backbone, prefix="backbone.")
+        head = [name for name, _ in self.named_parameters() if not name.startswith("backbone.")]
+        return [head, layers[-1] + top, *reversed(layers[:-1]), embeddings]
+
+    def freeze_to(self, trainable: int | None) -> None:
+        """Train only the top `trainable` levels (1: the head alone); None trains everything.
+
+        Frozen parameters get `requires_grad=False`, so backward stops above them and frozen stages run faster.
+        """
+        levels = self.levels()
+        keep = {name for level in levels[: len(levels) if trainable is None else trainable] for name in level}
+        for name, parameter in self.named_parameters():
+            parameter.requires_grad_(name in keep)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import TrainerCallback
+
+from texttune.errors import TexttuneError
 
 
 class WeightAveraging(TrainerCallback):
@@ -52,3 +55,55 @@ class WeightAveraging(TrainerCallback):
             yield
         finally:
             model.load_state_dict(backup, strict=False)
+
+
+class KeepBest(TrainerCallback):
+    """Keeps a copy of the weights at the best evaluation so far, across Trainers (fastai's SaveModelCallback).
+
+    The copy lives in host memory, so nothing is written to disk during training; one instance passed to every stage
+    of gradual unfreezing keeps the best over all of them. Runs inside `evaluate`, so with weight averaging on it
+    copies the evaluated average. Ties keep the earlier weights.
+
+    Args:
+        metric: key of the metric, without the `eval_` prefix.
+        greater_is_better: direction of the metric.
+    """
+
+    def __init__(self, metric: str, greater_is_better: bool) -> None:
+        self.metric = metric
+        self.greater_is_better = greater_is_better
+        self.best: float | None = None
+        self.weights: dict[str, torch.Tensor] | None = None
+
+    def _improves(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.greater_is_better else value < self.best
+
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, model: nn.Module | None = None, metrics: dict | None = None, **kw
+    ):
+        value = (metrics or {}).get(f"eval_{self.metric}")
+        if value is not None and self._improves(float(value)):
+            self.best = float(value)
+            self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+    def restore(self, model: nn.Module) -> None:
+        """Load the best weights into `model`; raises if no evaluation produced a finite metric."""
+        if self.weights is None:
+            raise TexttuneError(
+                f"no finite validation {self.metric} was reached (the loss diverged, or no evaluation ran); "
+                "lower training.learning_rate or train longer"
+            )
+        model.load_state_dict(self.weights)
+
+
+class EvaluateAtEnd(TrainerCallback):
+    """Evaluate after the last step too: with `eval_steps` that do not divide the run, the final weights (often the
+    best, at the end of a decaying schedule) would never be scored."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any):
+        if state.global_step >= state.max_steps:
+            control.should_evaluate = True

@@ -1,47 +1,71 @@
-"""Optimizer parameter groups: layer-wise learning rates, and no weight decay on biases and norms.
+"""Optimizer parameter groups: discriminative learning rates by depth, and no weight decay on biases and norms.
 
-Groups are built over all parameters, frozen ones included: `Trainer.create_optimizer` skips parameters with
-`requires_grad=False`, so a model frozen before that call could never be unfrozen into training.
+Only trainable parameters are grouped: a frozen stage's optimizer holds (and steps) nothing below the unfrozen
+levels. Unfreezing therefore means building a new optimizer, which is what each stage of gradual unfreezing does;
+`Trainer.create_optimizer` would also skip frozen parameters, so never freeze after building the optimizer.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from texttune.config import LearningRate
 from texttune.models.heads import TextModel
-from texttune.models.layer_groups import layer_groups
+
+
+def level_rates(
+    learning_rate: LearningRate, levels: int, head_learning_rate: float | None = None, layer_decay: float = 1.0
+) -> list[float]:
+    """Learning rate of each level, from the head down to the embeddings.
+
+    A float is the rate of the encoder's top level; each level below gets `layer_decay` times the one above, and the
+    head gets `head_learning_rate` (default: the float). A pair (low, high) is fastai's slice: the head gets high,
+    the embeddings low, and the levels between a geometric spread. `head_learning_rate` overrides the head either way.
+
+    Example:
+        >>> level_rates(1e-4, 4, layer_decay=0.5)
+        [0.0001, 0.0001, 5e-05, 2.5e-05]
+        >>> level_rates((1e-5, 1e-3), 3)
+        [0.001, 0.0001, 1e-05]
+    """
+    if isinstance(learning_rate, tuple | list):
+        low, high = learning_rate
+        rates = [high * (low / high) ** (depth / max(1, levels - 1)) for depth in range(levels)]
+    else:
+        rates = [learning_rate] + [learning_rate * layer_decay**depth for depth in range(levels - 1)]
+    return [head_learning_rate or rates[0], *rates[1:]]
 
 
 def param_groups(
     model: TextModel,
-    learning_rate: float,
+    learning_rate: LearningRate,
     head_learning_rate: float | None = None,
     weight_decay: float = 0.01,
     layer_decay: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """One group per (layer group, decay or not), each with its learning rate.
+    """One group per (level, decay or not) over the trainable parameters, with the level's rate (`level_rates`).
 
-    The head trains at `head_learning_rate` (default `learning_rate`); the encoder's top group and last layer at
-    `learning_rate`, and each group below at `layer_decay` times the one above (layer-wise LR decay), so the
-    embeddings get `learning_rate * layer_decay**L`. Vectors (biases, LayerNorm weights) get no weight decay.
+    Matrices get `weight_decay`; vectors (biases, LayerNorm weights) none. Encoder groups come first, top level
+    first, because the Trainer logs the learning rate of group 0.
     """
+    levels = model.levels()
+    rates = level_rates(learning_rate, len(levels), head_learning_rate, layer_decay)
     parameters = dict(model.named_parameters())
-    body = layer_groups(model.backbone, prefix="backbone.")
-    depth = {name: max(0, len(body) - 2 - index) for index, names in enumerate(body) for name in names}
-    groups: dict[tuple[int, bool], dict[str, Any]] = {}
-    for name, parameter in parameters.items():
-        level = depth.get(name, -1)  # -1: the head (pooling and linear layer)
-        decays = parameter.ndim >= 2
-        lr = (head_learning_rate or learning_rate) if level < 0 else learning_rate * layer_decay**level
-        group = groups.setdefault(
-            (level, decays),
-            {
-                "params": [],
-                "lr": lr,
-                "weight_decay": weight_decay if decays else 0.0,
-                "name": f"{'head' if level < 0 else f'body_{level}'}{'' if decays else '_no_decay'}",
-            },
-        )
-        group["params"].append(parameter)
-    # Encoder groups first: the Trainer logs the learning rate of group 0.
-    return [groups[key] for key in sorted(groups, key=lambda key: (key[0] < 0, key))]
+    groups = []
+    for depth in [*range(1, len(levels)), 0]:
+        for decays in (True, False):
+            params = [
+                parameters[n]
+                for n in levels[depth]
+                if parameters[n].requires_grad and (parameters[n].ndim >= 2) == decays
+            ]
+            if params:
+                groups.append(
+                    {
+                        "params": params,
+                        "lr": rates[depth],
+                        "weight_decay": weight_decay if decays else 0.0,
+                        "name": f"{'head' if depth == 0 else f'level_{depth}'}{'' if decays else '_no_decay'}",
+                    }
+                )
+    return groups

@@ -1,0 +1,18 @@
+"""Arguments shared by several commands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The recipe and its `--set` overrides, shared by every command that reads a recipe."""
+    parser.add_argument("recipe", help="YAML recipe, e.g. examples/demo.yaml")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a recipe value (repeatable), e.g. --set training.epochs=2",
+    )

@@ -1,0 +1,99 @@
+"""`lr_find(recipe)`: the LR range test on the recipe's data and model, through the same Trainer as `train`.
+
+The sweep scales every parameter group together, so discriminative rates keep their ratios and the rates shown
+are the recipe's `training.learning_rate` (the encoder's top level). Nothing is trained for good: the weights are
+restored and no bundle is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from texttune import plots
+from texttune._io import atomic_file
+from texttune.config import Recipe
+from texttune.errors import TexttuneError
+from texttune.models import create_loss
+from texttune.policy.lr_finder import SUGGESTIONS, LRFinder
+from texttune.policy.schedules import exponential_sweep
+from texttune.trainer import TexttuneTrainer
+from texttune.training import adamw, prepare, training_arguments
+
+logger = logging.getLogger(__name__)
+
+# Pretrained encoders: the range test measures how fast the first steps can go, and suggests rates ten or more
+# times above what fine-tunes best (transformers #16013). The advice divides the valley by this.
+FINE_TUNING_DIVISOR = 10.0
+
+
+@dataclass(frozen=True)
+class LRFindResult:
+    """The sweep (rate per step, raw and smoothed loss) and the suggested rates."""
+
+    rates: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    suggestions: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fine_tuning(self) -> float:
+        """The rate to start fine-tuning a pretrained encoder from: the valley backed off (see FINE_TUNING_DIVISOR)."""
+        return self.suggestions["valley"] / FINE_TUNING_DIVISOR
+
+
+def lr_find(
+    recipe: Recipe, start: float = 1e-7, end: float = 1.0, steps: int = 100, plot: str | Path | None = None
+) -> LRFindResult:
+    """Run the LR range test: `steps` batches with the rate growing from `start` to `end`, stopping at divergence.
+
+    Args:
+        recipe: data, model and training settings (batch size, precision, discriminative rates) to test.
+        plot: where to write the PNG of the curve with the suggestions marked; None writes none.
+
+    Raises:
+        TexttuneError: bad data or configuration, or too few steps before divergence to suggest anything.
+
+    Example:
+        >>> result = lr_find(load_recipe("examples/sst5.yaml"), plot="lr_find.png")
+        >>> result.suggestions["valley"], result.fine_tuning
+    """
+    if not 0 < start < end:
+        raise TexttuneError(f"lr-find: need 0 < start < end (got start={start}, end={end})")
+    prepared = prepare(recipe)
+    training = recipe.training
+    optimizer = adamw(prepared.model, training)
+    top = optimizer.param_groups[0]["lr"]  # the swept rate is the encoder's top level; the others keep their ratio
+    for group in optimizer.param_groups:
+        group["lr"] /= top
+    rates = (start * (end / start) ** (np.arange(steps) / max(1, steps - 1))).tolist()
+    finder = LRFinder(rates)
+    with tempfile.TemporaryDirectory(prefix=".texttune-lr-find-") as scratch:
+        trainer = TexttuneTrainer(
+            model=prepared.model,
+            args=training_arguments(recipe, steps, scratch, training.seed, logging_steps=1, eval_strategy="no"),
+            train_dataset=prepared.train_set,
+            data_collator=prepared.collator(),
+            optimizers=(optimizer, exponential_sweep(optimizer, start, end, steps)),
+            loss=create_loss(recipe.task, prepared.spec),
+            group_by_length=training.group_by_length,
+            callbacks=[finder],
+        )
+        trainer.train()
+    if len(finder.smoothed) < 5:
+        raise TexttuneError(
+            f"lr-find: the loss diverged after {len(finder.smoothed)} steps; lower --start (now {start:g})"
+        )
+    suggestions = {name: suggest(finder.rates, finder.smoothed) for name, suggest in SUGGESTIONS.items()}
+    result = LRFindResult(finder.rates, finder.losses, finder.smoothed, suggestions)
+    if plot is not None:
+        with atomic_file(plot) as staging:
+            staging.write_bytes(
+                plots.lr_find(result.rates, result.losses, result.smoothed, suggestions, result.fine_tuning)
+            )
+        logger.info("lr-find plot written to %s", plot)
+    return result

@@ -1,0 +1,85 @@
+"""Figures people would rather look at than read: training curves and the LR range test.
+
+Each function returns PNG bytes, so callers write them atomically next to what they describe. matplotlib is
+imported lazily with the Agg backend: no display is needed.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def _figure(rows: int = 1, columns: int = 1, size: tuple[float, float] = (7.0, 4.0)) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    return plt.subplots(rows, columns, figsize=size, squeeze=False)
+
+
+def _png(figure: Any) -> bytes:
+    from matplotlib import pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def training_curves(
+    train_log: Sequence[Mapping[str, float]],
+    evaluations: Sequence[Mapping[str, float]],
+    metric: str,
+    stage_starts: Sequence[int] = (),
+) -> bytes:
+    """Training and validation loss (left) and the validation metric (right) against optimizer steps, with the
+    boundaries of unfreezing stages dashed (fastai's ShowGraph)."""
+    figure, axes = _figure(1, 2, size=(11.0, 4.0))
+    losses, scores = axes[0]
+    losses.plot([e["step"] for e in train_log], [e["loss"] for e in train_log], label="train", alpha=0.8)
+    losses.plot([e["step"] for e in evaluations], [e["loss"] for e in evaluations], "o-", label="validation")
+    losses.set(xlabel="step", ylabel="loss", title="loss")
+    losses.legend()
+    scores.plot([e["step"] for e in evaluations], [e[metric] for e in evaluations], "o-", color="tab:green")
+    scores.set(xlabel="step", ylabel=metric, title=f"validation {metric}")
+    for axis in (losses, scores):
+        axis.grid(alpha=0.3)
+        for start in stage_starts:
+            axis.axvline(start, color="grey", linestyle="--", linewidth=0.8)
+    return _png(figure)
+
+
+def lr_find(
+    rates: Sequence[float],
+    losses: Sequence[float],
+    smoothed: Sequence[float],
+    suggestions: Mapping[str, float],
+    fine_tuning: float,
+) -> bytes:
+    """The range test's loss against the rate (log scale), each suggestion marked, and the fine-tuning advice."""
+    figure, axes = _figure(size=(8.0, 4.8))
+    axis = axes[0][0]
+    axis.plot(rates, losses, color="tab:blue", alpha=0.25, label="loss")
+    axis.plot(rates, smoothed, color="tab:blue", label="smoothed loss")
+    axis.set_xscale("log")
+    axis.set(xlabel="learning rate (the encoder's top level; other groups keep their ratio)", ylabel="loss")
+    low, high = min(smoothed), max(smoothed[: max(1, len(smoothed) * 9 // 10)])
+    axis.set_ylim(low - 0.1 * (high - low), high + 0.2 * (high - low))
+    markers = {"valley": ("o", "tab:red"), "steepest": ("^", "tab:orange"), "minimum/10": ("s", "tab:purple")}
+    for name, rate in suggestions.items():
+        marker, color = markers.get(name, ("x", "black"))
+        index = min(range(len(rates)), key=lambda i: abs(rates[i] - rate))
+        axis.plot(rates[index], smoothed[index], marker, color=color, markersize=9, label=f"{name}: {rate:.1e}")
+    axis.axvline(fine_tuning, color="tab:green", linestyle="--", label=f"fine-tuning start: {fine_tuning:.1e}")
+    axis.set_title(
+        "LR range test. Pretrained encoders fine-tune best well below the curve's suggestions:\n"
+        "start near the green line (valley / 10) and compare a few runs.",
+        fontsize=9,
+    )
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    return _png(figure)

@@ -145,6 +145,7 @@ def training_arguments(recipe: Recipe, max_steps: int, scratch: str, seed: int, 
         "warmup_steps": int(training.warmup_ratio * max_steps),
         "save_strategy": "no",
         "logging_steps": 50,
+        "disable_tqdm": False,  # our ProgressBar; TQDM_DISABLE=1 (set by `texttune -q`) hides it
         "bf16": use_bf16(training.precision),
         "use_cpu": not torch.cuda.is_available(),
         "seed": seed,

@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _configure_logging(quiet: bool) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
     import transformers
 
     transformers.logging.set_verbosity_error()

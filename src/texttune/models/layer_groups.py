@@ -5,6 +5,11 @@ keep one list (`encoder.layer`), XLM keeps four parallel ones (`attentions`, `ff
 layer i when its name passes through `<list>.<i>.` of any of them. Parameters before the first layer form the
 embeddings group; those after the last (poolers, final norms, relative position tables) the top group.
 Discriminative learning rates and gradual unfreezing consume these groups.
+
+Only outermost lists count, so that each group is one distinct set of layer parameters. ALBERT shares them:
+its `num_hidden_layers` layers reuse the `num_hidden_groups` entries of `encoder.albert_layer_groups` (each
+holding `inner_group_num` `albert_layers`), so it gets one group per layer group, 1 in the released checkpoints,
+and a shared layer is never counted, or given a learning rate, twice.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from texttune.errors import TexttuneError
 
 
 def _layer_lists(backbone: nn.Module) -> list[str]:
+    """The outermost non-empty module lists of the most likely layer count: num_hidden_layers, else the commonest."""
     lists = {name: len(m) for name, m in backbone.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0}
+    # Lists inside another list (ALBERT's layers within a layer group) would merge entries of different outer ones.
+    lists = {name: n for name, n in lists.items() if not any(name.startswith(f"{other}.") for other in lists)}
     if not lists:
         raise TexttuneError(f"{type(backbone).__name__}: no nn.ModuleList of transformer layers found")
     expected = getattr(getattr(backbone, "config", None), "num_hidden_layers", None)

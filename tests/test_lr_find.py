@@ -12,7 +12,14 @@ import torch
 from texttune import load_recipe
 from texttune.cli.main import main
 from texttune.lr_find import lr_find
-from texttune.policy.lr_finder import minimum_tenth, steepest, valley
+from texttune.policy.lr_finder import (
+    FINE_TUNING_DIVISOR,
+    divergence_onset,
+    fine_tuning_start,
+    minimum_tenth,
+    steepest,
+    valley,
+)
 
 RATES = np.logspace(-7, 0, 71)  # ten points per decade
 
@@ -33,6 +40,17 @@ def test_suggestions_on_a_known_curve() -> None:
     assert steepest(RATES, noisy) == pytest.approx(1e-3, rel=0.6)
 
 
+def test_divergence_onset_ignores_noise_on_a_flat_curve() -> None:
+    rng = np.random.default_rng(0)
+    x = np.log10(RATES)
+    clean = 0.6 + np.where(x > -2.3, 2.0 * (x + 2.3) ** 2, 0.0)  # flat, then turns up from 5e-3
+    raw = clean + rng.normal(0, 0.08, len(clean))  # noisy batches, as with long essays
+    smoothed = np.array([raw[max(0, i - 4) : i + 1].mean() for i in range(len(raw))])
+    onset = divergence_onset(RATES, raw, smoothed)
+    assert 5e-3 < onset < 1e-1
+    assert fine_tuning_start(RATES, raw, smoothed) == pytest.approx(onset / FINE_TUNING_DIVISOR)
+
+
 def test_sweep_stops_at_divergence_and_restores_the_weights(write_recipe, tmp_path: Path) -> None:
     recipe = load_recipe(write_recipe("classification", rows=160))
     result = lr_find(recipe, start=1e-6, end=1e4, steps=80, plot=tmp_path / "sweep.png")
@@ -41,7 +59,7 @@ def test_sweep_stops_at_divergence_and_restores_the_weights(write_recipe, tmp_pa
     assert result.rates == sorted(result.rates) and result.rates[0] == pytest.approx(1e-6)
     assert set(result.suggestions) == {"valley", "steepest", "minimum/10"}
     assert all(result.rates[0] <= rate <= result.rates[-1] for rate in result.suggestions.values())
-    assert result.fine_tuning == pytest.approx(result.suggestions["valley"] / 10)
+    assert result.rates[0] <= result.fine_tuning * FINE_TUNING_DIVISOR <= result.rates[-1]
     assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")
 
 

@@ -19,31 +19,24 @@ from texttune._io import atomic_file
 from texttune.config import Recipe
 from texttune.errors import TexttuneError
 from texttune.models import create_loss
-from texttune.policy.lr_finder import SUGGESTIONS, LRFinder
+from texttune.policy.lr_finder import SUGGESTIONS, LRFinder, fine_tuning_start
 from texttune.policy.schedules import exponential_sweep
 from texttune.trainer import TexttuneTrainer
 from texttune.training import adamw, prepare, training_arguments
 
 logger = logging.getLogger(__name__)
 
-# Pretrained encoders: the range test measures how fast the first steps can go, and suggests rates ten or more
-# times above what fine-tunes best (transformers #16013). The advice divides the valley by this.
-FINE_TUNING_DIVISOR = 10.0
-
 
 @dataclass(frozen=True)
 class LRFindResult:
-    """The sweep (rate per step, raw and smoothed loss) and the suggested rates."""
+    """The sweep (rate per step, raw and smoothed loss), the classic suggestions, and where to start fine-tuning a
+    pretrained encoder (`policy.lr_finder.fine_tuning_start`)."""
 
     rates: list[float]
     losses: list[float]
     smoothed: list[float]
     suggestions: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def fine_tuning(self) -> float:
-        """The rate to start fine-tuning a pretrained encoder from: the valley backed off (see FINE_TUNING_DIVISOR)."""
-        return self.suggestions["valley"] / FINE_TUNING_DIVISOR
+    fine_tuning: float = 0.0
 
 
 def lr_find(
@@ -89,7 +82,8 @@ def lr_find(
             f"lr-find: the loss diverged after {len(finder.smoothed)} steps; lower --start (now {start:g})"
         )
     suggestions = {name: suggest(finder.rates, finder.smoothed) for name, suggest in SUGGESTIONS.items()}
-    result = LRFindResult(finder.rates, finder.losses, finder.smoothed, suggestions)
+    start_at = fine_tuning_start(finder.rates, finder.losses, finder.smoothed)
+    result = LRFindResult(finder.rates, finder.losses, finder.smoothed, suggestions, start_at)
     if plot is not None:
         with atomic_file(plot) as staging:
             staging.write_bytes(

@@ -76,8 +76,8 @@ def lr_find(
         axis.plot(rates[index], smoothed[index], marker, color=color, markersize=9, label=f"{name}: {rate:.1e}")
     axis.axvline(fine_tuning, color="tab:green", linestyle="--", label=f"fine-tuning start: {fine_tuning:.1e}")
     axis.set_title(
-        "LR range test. Pretrained encoders fine-tune best well below the curve's suggestions:\n"
-        "start near the green line (valley / 10) and compare a few runs.",
+        "LR range test. The classic suggestions assume training from scratch; a pretrained encoder fine-tunes best\n"
+        "about 100x below where the loss turns up: start near the green line and compare a few runs.",
         fontsize=9,
     )
     axis.grid(alpha=0.3)

@@ -99,3 +99,31 @@ SUGGESTIONS: dict[str, Callable[[Sequence[float], Sequence[float]], float]] = {
     "steepest": steepest,
     "minimum/10": minimum_tenth,
 }
+
+
+# Pretrained encoders fine-tune best about a hundred times below the rate at which the range test's loss turns up:
+# measured here with MiniLM, the loss turned up near 5e-3 on SST-5 and on ELLIPSE, and the best fine-tuning rates
+# were 5e-5 to 8e-5 and 1e-4 (bench/experiments.md). The classic suggestions assume training from scratch, and on a
+# pretrained encoder the curve is often flat until it diverges (transformers #16013), so they can land anywhere.
+FINE_TUNING_DIVISOR = 100.0
+
+
+def divergence_onset(rates: Sequence[float], losses: Sequence[float], smoothed: Sequence[float]) -> float:
+    """The first rate at which the smoothed loss stands three noise widths above its lowest point so far.
+
+    The noise width is the spread of the raw losses around the smoothed curve, so a noisy flat curve (long essays,
+    few steps) does not count as rising.
+    """
+    rates, losses, smoothed = (np.asarray(a, dtype=float) for a in (rates, losses, smoothed))
+    keep = np.isfinite(losses) & np.isfinite(smoothed)
+    start = len(smoothed) // 10
+    noise = float(np.std((losses - smoothed)[keep][start:])) if keep[start:].any() else 0.0
+    lowest = np.minimum.accumulate(np.where(keep, smoothed, np.inf))
+    risen = np.flatnonzero(~keep | (smoothed > lowest + 3 * noise))
+    risen = risen[risen >= start]
+    return float(rates[risen[0]] if len(risen) else rates[-1])
+
+
+def fine_tuning_start(rates: Sequence[float], losses: Sequence[float], smoothed: Sequence[float]) -> float:
+    """Where to start fine-tuning a pretrained encoder: the divergence onset / FINE_TUNING_DIVISOR."""
+    return divergence_onset(rates, losses, smoothed) / FINE_TUNING_DIVISOR

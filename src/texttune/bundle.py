@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import transformers
 import yaml
@@ -27,6 +28,8 @@ from texttune.models.heads import TextModel
 from texttune.models.registry import backbone_from_config
 from texttune.task import TaskSpec
 
+ENSEMBLE_FILE = "texttune-ensemble.json"  # a cv run directory: its fold bundles, averaged
+VALID_PREDICTIONS = "valid_predictions.csv"  # validation rows with truth and predictions
 BUNDLE_FILE = "texttune.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 1
@@ -109,7 +112,7 @@ def load_bundle(path: str | Path) -> tuple[TextModel, Any, BundleInfo]:
     if missing:
         raise TexttuneError(
             f"{path}: not a texttune model bundle (missing {', '.join(missing)}); "
-            "pass the output.dir of a `texttune train` run"
+            "pass the output.dir of a `texttune train` run, or of a `texttune cv` run that has finished"
         )
     try:
         info = BundleInfo.from_dict(json.loads((path / BUNDLE_FILE).read_text()))
@@ -121,3 +124,44 @@ def load_bundle(path: str | Path) -> tuple[TextModel, Any, BundleInfo]:
     load_model(model, str(path / WEIGHTS_FILE), strict=True)
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     return model.eval(), tokenizer, info
+
+
+def load_ensemble(path: str | Path) -> tuple[list[TextModel], Any, BundleInfo, list[float] | None]:
+    """A cv run directory: the fold bundles its manifest names, one tokenizer for all, and the manifest's weights.
+
+    The members must read texts the same way (backbone, max_length, text columns) and predict the same outputs,
+    so each text is tokenized once for all of them. Regression outputs are clipped to the union of the folds' ranges.
+
+    Raises:
+        TexttuneError: a member is missing or incomplete, or the members disagree.
+    """
+    path = Path(path)
+    try:
+        manifest = json.loads((path / ENSEMBLE_FILE).read_text())
+        members = list(manifest["members"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise TexttuneError(f"{path / ENSEMBLE_FILE}: unreadable ensemble manifest ({exc})") from None
+    loaded = [load_bundle(path / member) for member in members]
+    infos = [info for _, _, info in loaded]
+
+    def reads(info: BundleInfo) -> tuple:
+        task = info.task
+        return info.backbone, info.max_length, info.text_columns, task.kind, task.target_columns, task.labels
+
+    for member, info in zip(members, infos):
+        if reads(info) != reads(infos[0]):
+            raise TexttuneError(
+                f"{path}: {member} differs from {members[0]} in backbone, max_length, text columns or outputs; "
+                "an ensemble needs folds of one recipe"
+            )
+    task = dataclasses.replace(
+        infos[0].task,
+        target_min=tuple(np.min([i.task.target_min for i in infos], axis=0).tolist())
+        if infos[0].task.target_min
+        else (),
+        target_max=tuple(np.max([i.task.target_max for i in infos], axis=0).tolist())
+        if infos[0].task.target_max
+        else (),
+    )
+    models = [model for model, _, _ in loaded]
+    return models, loaded[0][1], dataclasses.replace(infos[0], task=task), manifest.get("weights")

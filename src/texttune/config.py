@@ -156,6 +156,19 @@ class TrainingConfig(_Section):
         return list(self.stages) if self.stages else [Stage(unfreeze="all", epochs=self.epochs)]
 
 
+class CVConfig(_Section):
+    """K-fold cross-validation (`texttune cv`): how rows are assigned to folds."""
+
+    folds: int = Field(5, ge=2, description="Number of folds.")
+    fold_column: str = Field(
+        "fold", description="A column of this name in the data assigns folds as is (0..K-1), to reproduce a split."
+    )
+    group_column: str | None = Field(
+        None, description="Rows sharing a value stay in one fold (GroupKFold / StratifiedGroupKFold)."
+    )
+    bins: int = Field(5, ge=2, description="Regression: quantile bins per target for stratification.")
+
+
 class OutputConfig(_Section):
     """Where the model bundle goes."""
 
@@ -169,6 +182,7 @@ class Recipe(_Section):
     task: TaskConfig = TaskConfig()
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
+    cv: CVConfig = CVConfig()
     output: OutputConfig = OutputConfig()
 
     def to_dict(self) -> dict[str, Any]:

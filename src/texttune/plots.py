@@ -10,6 +10,8 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 
 def _figure(rows: int = 1, columns: int = 1, size: tuple[float, float] = (7.0, 4.0)) -> tuple[Any, Any]:
     import matplotlib
@@ -82,4 +84,44 @@ def lr_find(
     )
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
+    return _png(figure)
+
+
+def confusion(matrix: Mapping[str, Any]) -> bytes:
+    """Out-of-fold confusion matrix: true classes in rows, predicted in columns, counts and row shares."""
+    labels, counts = list(matrix["labels"]), np.asarray(matrix["counts"], dtype=float)
+    shares = counts / np.clip(counts.sum(axis=1, keepdims=True), 1, None)
+    size = 2.0 + 0.7 * len(labels)
+    figure, axes = _figure(size=(size + 1.0, size))
+    axis = axes[0][0]
+    image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (row, column), count in np.ndenumerate(counts):
+        color = "white" if shares[row, column] > 0.5 else "black"
+        axis.text(column, row, f"{int(count)}\n{shares[row, column]:.0%}", ha="center", va="center", color=color,
+                  fontsize=8)  # fmt: skip
+    axis.set(xticks=range(len(labels)), yticks=range(len(labels)), xlabel="predicted", ylabel="true")
+    axis.set_xticklabels(labels, rotation=45, ha="right")
+    axis.set_yticklabels(labels)
+    axis.set_title("out-of-fold confusion matrix (share of each true class)")
+    figure.colorbar(image, ax=axis, fraction=0.046)
+    return _png(figure)
+
+
+def predicted_vs_true(oof: Any, targets: Sequence[str]) -> bytes:
+    """Out-of-fold predictions against the truth, one panel per target, with the diagonal and each panel's RMSE."""
+    columns = min(3, len(targets))
+    rows = -(-len(targets) // columns)
+    figure, axes = _figure(rows, columns, size=(4.0 * columns, 3.8 * rows))
+    for index, target in enumerate(targets):
+        axis = axes[index // columns][index % columns]
+        truth, predicted = oof[target].to_numpy(dtype=float), oof[f"pred_{target}"].to_numpy(dtype=float)
+        jitter = np.random.default_rng(index).uniform(-0.08, 0.08, len(truth))  # targets often sit on a grid
+        axis.scatter(truth + jitter, predicted, s=6, alpha=0.35)
+        low, high = min(truth.min(), predicted.min()), max(truth.max(), predicted.max())
+        axis.plot([low, high], [low, high], color="grey", linewidth=1)
+        rmse = float(np.sqrt(np.mean((predicted - truth) ** 2)))
+        axis.set(title=f"{target}: RMSE {rmse:.3f}", xlabel="true", ylabel="predicted")
+        axis.grid(alpha=0.3)
+    for index in range(len(targets), rows * columns):
+        axes[index // columns][index % columns].axis("off")
     return _png(figure)

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from texttune._hardware import use_bf16
 from texttune._io import atomic_file
-from texttune.bundle import BundleInfo, load_bundle
+from texttune.bundle import ENSEMBLE_FILE, BundleInfo, load_bundle, load_ensemble
 from texttune.data import PaddingCollator, encode_texts, read_table, read_texts, require_columns, text_joiner
 from texttune.errors import TexttuneError
 from texttune.models.heads import TextModel
@@ -22,28 +22,38 @@ from texttune.task import TaskSpec
 
 
 class Predictor:
-    """Scores texts with a trained bundle.
+    """Scores texts with a trained bundle, or with the fold ensemble of a cv run.
 
-    Inference sorts texts by length so that batches pad little, then restores the input order.
+    Inference sorts texts by length so that batches pad little, then restores the input order. An ensemble
+    tokenizes each text once and averages its members: regression outputs, or class probabilities, optionally
+    weighted.
 
     Example:
         >>> predictor = Predictor.load("texttune-runs/model")
         >>> predictor.predict(["a fine film", "a dull one"])
+        >>> Predictor.load("texttune-runs/ellipse-cv").predict(essays)  # the average of the five folds
     """
 
     def __init__(
         self,
-        model: TextModel,
+        model: TextModel | Sequence[TextModel],
         tokenizer: Any,
         info: BundleInfo,
         batch_size: int = 64,
         precision: str = "auto",
         progress: bool = False,
+        weights: Sequence[float] | None = None,
     ) -> None:
         if batch_size < 1:
             raise TexttuneError(f"batch_size must be a positive integer, got {batch_size}")
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = model.eval().to(self.device)
+        self.models = [m.eval().to(self.device) for m in ([model] if isinstance(model, TextModel) else model)]
+        weights = [1.0] * len(self.models) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(self.models) or min(weights) < 0 or sum(weights) <= 0:
+            raise TexttuneError(
+                f"weights {weights} do not fit {len(self.models)} member(s): give one non-negative weight each"
+            )
+        self.weights = np.asarray(weights) / sum(weights)
         self.tokenizer = tokenizer
         self.info = info
         self.batch_size = batch_size
@@ -53,7 +63,11 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path, **kwargs: Any) -> Predictor:
-        """Load a bundle directory written by `texttune train`."""
+        """Load a bundle written by `texttune train`, or a `texttune cv` run directory as the ensemble of its folds
+        (with the manifest's weights unless `weights` is given)."""
+        if (Path(path) / ENSEMBLE_FILE).is_file():
+            models, tokenizer, info, weights = load_ensemble(path)
+            return cls(models, tokenizer, info, **{"weights": weights, **kwargs})
         model, tokenizer, info = load_bundle(path)
         return cls(model, tokenizer, info, **kwargs)
 
@@ -62,18 +76,25 @@ class Predictor:
         return self.info.task
 
     def predict_outputs(self, texts: Sequence[str]) -> np.ndarray:
-        """Raw head outputs (N, C), in input order."""
+        """Head outputs (N, C) in input order. An ensemble gives the weighted mean of its members' outputs, or for
+        classes the log of their mean probabilities, so that softmax gives the averaged probabilities."""
         features = encode_texts(self.tokenizer, texts, self.info.max_length)
         order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
-        outputs = np.zeros((len(texts), self.task.num_outputs), dtype=np.float32)
+        outputs = np.zeros((len(self.models), len(texts), self.task.num_outputs), dtype=np.float32)  # (M, N, C)
         starts = range(0, len(order), self.batch_size)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
             for start in tqdm(starts, desc="predict", disable=not self.progress, unit="batch"):
                 index = order[start : start + self.batch_size]
                 batch = {k: v.to(self.device) for k, v in self.collator([features[i] for i in index]).items()}
-                outputs[index] = self.model(**batch)["logits"].float().cpu().numpy()
-        return outputs
+                for member, model in enumerate(self.models):
+                    outputs[member, index] = model(**batch)["logits"].float().cpu().numpy()
+        if len(self.models) == 1:
+            return outputs[0]
+        if self.task.is_regression:
+            return np.tensordot(self.weights, outputs, axes=1)
+        probabilities = np.tensordot(self.weights, self.task.postprocess(outputs), axes=1)
+        return np.log(np.clip(probabilities, 1e-12, None)).astype(np.float32)
 
     def predict(self, texts: Sequence[str]) -> pd.DataFrame:
         """Scores per target, or the label and per-class probabilities, one row per text in input order."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -49,8 +49,8 @@ class TaskSpec:
         outputs = np.asarray(outputs, dtype=np.float64)
         if self.is_regression:
             return np.clip(outputs, self.target_min, self.target_max) if self.clip else outputs
-        shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
-        return shifted / shifted.sum(axis=1, keepdims=True)
+        shifted = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
+        return shifted / shifted.sum(axis=-1, keepdims=True)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -173,6 +173,20 @@ def encode_targets(frame: pd.DataFrame, spec: TaskSpec) -> np.ndarray:
                 f"known labels: {', '.join(spec.labels)}"
             )
     return np.array([index[label] for label in labels], dtype=np.int64)
+
+
+def fit_to_training_rows(spec: TaskSpec, train: pd.DataFrame) -> TaskSpec:
+    """The spec with regression statistics (range for clipping, means for the head's bias) from the training rows
+    only, so validation rows never leak into the model; classes stay those of the whole table."""
+    if not spec.is_regression:
+        return spec
+    targets = encode_targets(train, spec)
+    return replace(
+        spec,
+        target_min=tuple(targets.min(axis=0).tolist()),
+        target_max=tuple(targets.max(axis=0).tolist()),
+        target_mean=tuple(targets.mean(axis=0).tolist()),
+    )
 
 
 def split_train_valid(frame: pd.DataFrame, spec: TaskSpec, fraction: float, seed: int) -> tuple[pd.DataFrame, ...]:

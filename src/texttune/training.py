@@ -19,7 +19,7 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from texttune import plots
 from texttune._hardware import use_bf16
-from texttune.bundle import BUNDLE_FILE, BundleInfo, save_bundle
+from texttune.bundle import BUNDLE_FILE, VALID_PREDICTIONS, BundleInfo, save_bundle
 from texttune.config import LearningRate, Recipe, Stage, TrainingConfig
 from texttune.data import (
     EncodedDataset,
@@ -38,7 +38,8 @@ from texttune.models.registry import check_max_length
 from texttune.policy import param_groups
 from texttune.policy.callbacks import EvaluateAtEnd, KeepBest, WeightAveraging
 from texttune.policy.schedules import one_cycle
-from texttune.task import TaskSpec, encode_targets, infer_task, split_train_valid
+from texttune.predictor import Predictor
+from texttune.task import TaskSpec, encode_targets, fit_to_training_rows, infer_task, split_train_valid
 from texttune.trainer import TexttuneTrainer
 
 logger = logging.getLogger(__name__)
@@ -67,8 +68,7 @@ def load_tables(recipe: Recipe) -> tuple[pd.DataFrame, pd.DataFrame, TaskSpec]:
         check_texts(valid, data.text_columns)
     else:
         train, valid = split_train_valid(frame, spec, data.valid_fraction, recipe.training.seed)
-        if spec.is_regression:
-            spec = infer_task(train, data.target_columns, recipe.task.model_copy(update={"type": "regression"}))
+        spec = fit_to_training_rows(spec, train)
     logger.info("%d training rows, %d validation rows", len(train), len(valid))
     return train, valid, spec
 
@@ -94,6 +94,7 @@ class Prepared:
     model: TextModel
     train_set: EncodedDataset
     valid_set: EncodedDataset
+    valid_frame: pd.DataFrame
     baseline: dict[str, float]
 
     def collator(self) -> PaddingCollator:
@@ -101,14 +102,18 @@ class Prepared:
         return PaddingCollator(tokenizer.pad_token_id, tokenizer.padding_side, max_length=self.recipe.model.max_length)
 
 
-def prepare(recipe: Recipe) -> Prepared:
-    """Read and validate the data, load the encoder, tokenize, and build the model with its seeded head.
+Tables = tuple[pd.DataFrame, pd.DataFrame, TaskSpec]  # training rows, validation rows, and what is learned
+
+
+def prepare(recipe: Recipe, tables: Tables | None = None) -> Prepared:
+    """Read and validate the data (or take `tables`, e.g. a cross-validation fold), load the encoder, tokenize,
+    and build the model with its seeded head.
 
     Raises:
         TexttuneError: bad data or configuration, before any training starts.
     """
     set_seed(recipe.training.seed)
-    train_frame, valid_frame, spec = load_tables(recipe)
+    train_frame, valid_frame, spec = tables or load_tables(recipe)
     train_targets, valid_targets = encode_targets(train_frame, spec), encode_targets(valid_frame, spec)
     backbone, tokenizer = load_backbone(recipe.model.backbone, recipe.model.backbone_dropout)
     check_max_length(backbone, recipe.model.max_length)
@@ -123,7 +128,7 @@ def prepare(recipe: Recipe) -> Prepared:
         initial_bias=spec.target_mean if spec.is_regression else None,
     )
     baseline = baseline_metrics(train_targets, valid_targets, spec)
-    return Prepared(recipe, spec, tokenizer, model, train_set, valid_set, baseline)
+    return Prepared(recipe, spec, tokenizer, model, train_set, valid_set, valid_frame, baseline)
 
 
 def steps_per_epoch(recipe: Recipe, train_rows: int) -> int:
@@ -252,7 +257,22 @@ def fit(prepared: Prepared) -> Fit:
     return Fit(metrics, history, train_log, stage_starts[1:])
 
 
-def train(recipe: Recipe) -> TrainResult:
+def validation_predictions(predictor: Predictor, frame: pd.DataFrame) -> pd.DataFrame:
+    """The validation rows' truth next to the model's predictions: `row` (position in the source table), the id,
+    the targets, then `pred_<target>` (and `prob_<class>` for classes). Cross-validation gathers these as OOF."""
+    spec = predictor.task
+    table = pd.DataFrame({"row": np.asarray(frame.index)})
+    if predictor.info.id_column:
+        table[predictor.info.id_column] = frame[predictor.info.id_column].to_numpy()
+    for column in spec.target_columns:
+        table[column] = frame[column].to_numpy()
+    predicted = predictor.predict(predictor.texts_of(frame))  # target columns, or label + prob_<class>
+    names = ["label"] if not spec.is_regression else list(spec.target_columns)
+    predicted = predicted.rename(columns={name: f"pred_{column}" for name, column in zip(names, spec.target_columns)})
+    return pd.concat([table, predicted], axis=1)
+
+
+def train(recipe: Recipe, tables: Tables | None = None) -> TrainResult:
     """Fine-tune the recipe's encoder (`prepare`, then `fit`) and write the best weights as a bundle in `output.dir`,
     with `training_curves.png` inside.
 
@@ -274,7 +294,7 @@ def train(recipe: Recipe) -> TrainResult:
         logger.info(
             "training.stages replace training.epochs: %g epochs in all", sum(s.epochs for s in recipe.training.stages)
         )
-    prepared = prepare(recipe)
+    prepared = prepare(recipe, tables)
     result = fit(prepared)
     seconds = time.perf_counter() - started
     info = BundleInfo(
@@ -298,9 +318,11 @@ def train(recipe: Recipe) -> TrainResult:
         "train_log": result.train_log,
     }
     metric = best_metric(prepared.spec)[0]
-    curves = plots.training_curves(result.train_log, result.history, metric, result.stage_starts)
-    save_bundle(
-        output, prepared.model, prepared.tokenizer, info, report, recipe.to_dict(), {"training_curves.png": curves}
-    )
+    predictions = validation_predictions(Predictor(prepared.model, prepared.tokenizer, info), prepared.valid_frame)
+    extra_files = {
+        "training_curves.png": plots.training_curves(result.train_log, result.history, metric, result.stage_starts),
+        VALID_PREDICTIONS: predictions.to_csv(index=False).encode(),
+    }
+    save_bundle(output, prepared.model, prepared.tokenizer, info, report, recipe.to_dict(), extra_files)
     logger.info("bundle written to %s", output)
     return TrainResult(bundle=output, metrics=result.metrics, baseline=prepared.baseline, seconds=seconds)

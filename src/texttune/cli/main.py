@@ -8,10 +8,10 @@ import os
 import sys
 
 from texttune import __version__
-from texttune.cli import lr_find, predict, train
+from texttune.cli import cv, lr_find, predict, train
 from texttune.errors import TexttuneError
 
-COMMANDS = (train, lr_find, predict)
+COMMANDS = (train, cv, lr_find, predict)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,9 @@ def _positive(value: str) -> int:
 
 def register(subcommands: argparse._SubParsersAction) -> None:
     parser = subcommands.add_parser("predict", help="predict a table or one text with a trained bundle")
-    parser.add_argument("bundle", help="bundle directory written by `texttune train`")
+    parser.add_argument(
+        "bundle", help="bundle written by `texttune train`, or a `texttune cv` run (its folds averaged)"
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="table to predict (CSV, TSV, Parquet, JSONL; .zip/.gz)")
     source.add_argument("--text", help="one text; prints JSON")

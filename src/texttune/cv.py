@@ -1,0 +1,203 @@
+"""`run_cv(recipe)`: K folds trained by `train` itself, out-of-fold predictions, a CV report, and the run directory
+as one ensemble predictor. Composes Trainers and subclasses nothing (as setfit's Trainer wraps an inner one).
+
+A run directory (`output.dir`) holds `cv_run.json` (the recipe and data fingerprint it belongs to), `folds.csv`,
+one bundle per fold in `fold-<k>/` (with its validation predictions inside), and at the end `oof.csv`,
+`cv_report.json`, a PNG and `texttune-ensemble.json`. Folds are complete once their bundle is, since bundles are
+written atomically, so running the same command again resumes where an interrupted run stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix
+
+from texttune import plots
+from texttune._io import atomic_file
+from texttune.bundle import BUNDLE_FILE, ENSEMBLE_FILE, VALID_PREDICTIONS
+from texttune.config import Recipe
+from texttune.data import check_texts, read_table, require_columns
+from texttune.errors import TexttuneError
+from texttune.folds import make_folds
+from texttune.metrics import best_metric, classification_metrics, regression_metrics
+from texttune.task import TaskSpec, encode_targets, fit_to_training_rows, infer_task
+from texttune.training import train
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "cv_run.json"
+_OUTPUTS = ("folds.csv", "oof.csv", "cv_report.json", "oof_*.png", ENSEMBLE_FILE, "fold-*", ".fold-*", RUN_FILE)
+
+
+@dataclass(frozen=True)
+class CVResult:
+    """The run directory and its report (per-fold and out-of-fold metrics)."""
+
+    run: Path
+    report: dict[str, Any]
+    seconds: float
+
+
+def _settings(recipe: Recipe) -> dict[str, Any]:
+    """The recipe values that change results: all but the output and the data that CV does not read."""
+    settings = recipe.to_dict()
+    settings.pop("output")
+    settings["data"] = {k: v for k, v in settings["data"].items() if k not in ("valid", "valid_fraction")}
+    return {f"{section}.{key}": value for section, values in settings.items() for key, value in values.items()}
+
+
+def _fingerprint(recipe: Recipe) -> dict[str, Any]:
+    data = hashlib.sha256(Path(recipe.data.train).read_bytes()).hexdigest()
+    return {"settings": _settings(recipe), "data_sha256": data}
+
+
+def _claim(run: Path, fingerprint: dict[str, Any], force: bool) -> None:
+    """Start a run in `run`, or resume the one there if it was made by the same recipe and data."""
+    marker = run / RUN_FILE
+    if run.exists() and any(run.iterdir()):
+        if not marker.is_file():
+            raise TexttuneError(
+                f"output.dir {run} exists and is not a texttune cv run; choose another output.dir or remove it"
+            )
+        old = json.loads(marker.read_text())
+        changed = sorted(k for k in {*old["settings"], *fingerprint["settings"]}
+                         if old["settings"].get(k) != fingerprint["settings"].get(k))  # fmt: skip
+        if old["data_sha256"] != fingerprint["data_sha256"]:
+            changed.insert(0, "the contents of data.train")
+        if changed and not force:
+            raise TexttuneError(
+                f"{run} holds a cv run of another recipe or data (changed: {', '.join(changed[:5])}); "
+                "use another output.dir, or --force to discard it and start over"
+            )
+        if changed or force:
+            logger.info("discarding the cv run in %s", run)
+            for pattern in _OUTPUTS:
+                for path in run.glob(pattern):
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for leftover in run.glob(".fold-*"):  # staging of a bundle whose writing was killed
+        shutil.rmtree(leftover, ignore_errors=True)
+    if not marker.is_file():
+        with atomic_file(marker) as staging:
+            staging.write_text(json.dumps(fingerprint, indent=2) + "\n")
+
+
+def _is_complete(fold_dir: Path) -> bool:
+    return (fold_dir / BUNDLE_FILE).is_file() and (fold_dir / VALID_PREDICTIONS).is_file()
+
+
+def _fold_predictions(run: Path, folds: int, spec: TaskSpec, id_column: str | None) -> pd.DataFrame:
+    """Every fold's validation predictions, read back from its bundle: the OOF table, in source row order."""
+    frames = []
+    for fold in range(folds):
+        frame = pd.read_csv(run / f"fold-{fold}" / VALID_PREDICTIONS, dtype={id_column: str} if id_column else None)
+        frame.insert(1, "fold", fold)
+        frames.append(frame)
+    oof = pd.concat(frames).sort_values("row").reset_index(drop=True)
+    if spec.is_regression:
+        return oof
+    label = spec.target_columns[0]
+    return oof.astype({label: str, f"pred_{label}": str})
+
+
+def _metrics(oof: pd.DataFrame, spec: TaskSpec) -> dict[str, float]:
+    if spec.is_regression:
+        predictions = oof[[f"pred_{c}" for c in spec.target_columns]].to_numpy(dtype=float)
+        return regression_metrics(
+            predictions, oof[list(spec.target_columns)].to_numpy(dtype=float), spec.target_columns
+        )
+    probabilities = oof[[f"prob_{label}" for label in spec.labels]].to_numpy(dtype=float)
+    return classification_metrics(probabilities, encode_targets(oof, spec))
+
+
+def cv_report(oof: pd.DataFrame, spec: TaskSpec) -> dict[str, Any]:
+    """Per-fold metrics, their mean and spread, the out-of-fold metrics, and for classes the confusion matrix."""
+    metric, _ = best_metric(spec)
+    per_fold = [{"fold": int(k), "rows": len(part), **_metrics(part, spec)} for k, part in oof.groupby("fold")]
+    scores = np.array([fold[metric] for fold in per_fold])
+    report: dict[str, Any] = {
+        "task": spec.kind,
+        "metric": metric,
+        "folds": len(per_fold),
+        "rows": len(oof),
+        "oof": _metrics(oof, spec),
+        "fold_mean": float(scores.mean()),
+        "fold_std": float(scores.std()),
+        "per_fold": per_fold,
+    }
+    if not spec.is_regression:
+        label = spec.target_columns[0]
+        matrix = confusion_matrix(oof[label], oof[f"pred_{label}"], labels=list(spec.labels))
+        report["confusion_matrix"] = {"labels": list(spec.labels), "counts": matrix.tolist()}
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a table: one row per fold, then the out-of-fold row."""
+    names = [k for k in report["oof"] if k != "error_rate"]
+    lines = [f"{'fold':>6} {'rows':>6} " + " ".join(f"{n:>12}" for n in names)]
+    for fold in report["per_fold"]:
+        lines.append(f"{fold['fold']:>6} {fold['rows']:>6} " + " ".join(f"{fold[n]:>12.4f}" for n in names))
+    lines.append(f"{'OOF':>6} {report['rows']:>6} " + " ".join(f"{report['oof'][n]:>12.4f}" for n in names))
+    return "\n".join(lines)
+
+
+def run_cv(recipe: Recipe, force: bool = False) -> CVResult:
+    """Train `cv.folds` folds of `data.train` into `output.dir`, resuming a run interrupted there.
+
+    Raises:
+        TexttuneError: bad data or configuration, or `output.dir` holding a run of another recipe (unless force).
+
+    Example:
+        >>> result = run_cv(load_recipe("examples/ellipse.yaml", ["cv.folds=5"]))
+        >>> print(format_report(result.report))
+    """
+    started = time.perf_counter()
+    data, run = recipe.data, Path(recipe.output.dir)
+    frame = read_table(data.train, data.sep)
+    check_texts(frame, data.text_columns)
+    if data.id_column:
+        require_columns(frame, [data.id_column], "id")
+    if data.valid is not None:
+        logger.warning("cv validates every row of data.train once; data.valid (%s) is not used", data.valid)
+    spec = infer_task(frame, data.target_columns, recipe.task)
+    _claim(run, _fingerprint(recipe), force)
+    folds = make_folds(frame, spec, recipe.cv, recipe.training.seed)
+    assignment = pd.DataFrame({"row": np.arange(len(frame)), "fold": folds})
+    if data.id_column:
+        assignment.insert(1, data.id_column, frame[data.id_column].to_numpy())
+    with atomic_file(run / "folds.csv") as staging:
+        assignment.to_csv(staging, index=False)
+    for fold in range(recipe.cv.folds):
+        fold_dir = run / f"fold-{fold}"
+        if _is_complete(fold_dir):
+            logger.info("fold %d: complete, skipped", fold)
+            continue
+        logger.info("fold %d of %d", fold + 1, recipe.cv.folds)
+        train_rows, valid_rows = frame[folds != fold], frame[folds == fold]
+        fold_recipe = recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": fold_dir})})
+        train(fold_recipe, (train_rows, valid_rows, fit_to_training_rows(spec, train_rows)))
+    oof = _fold_predictions(run, recipe.cv.folds, spec, data.id_column)
+    report = cv_report(oof, spec)
+    with atomic_file(run / "oof.csv") as staging:
+        oof.to_csv(staging, index=False)
+    with atomic_file(run / "cv_report.json") as staging:
+        staging.write_text(json.dumps(report, indent=2) + "\n")
+    figure = plots.confusion(report["confusion_matrix"]) if "confusion_matrix" in report else None
+    name = "oof_confusion_matrix.png" if figure else "oof_predicted_vs_true.png"
+    with atomic_file(run / name) as staging:
+        staging.write_bytes(figure or plots.predicted_vs_true(oof, spec.target_columns))
+    members = [f"fold-{fold}" for fold in range(recipe.cv.folds)]
+    with atomic_file(run / ENSEMBLE_FILE) as staging:
+        manifest = {"format_version": 1, "members": members, "weights": None, "oof": report["oof"]}
+        staging.write_text(json.dumps(manifest, indent=2) + "\n")
+    return CVResult(run=run, report=report, seconds=time.perf_counter() - started)

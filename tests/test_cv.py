@@ -1,0 +1,100 @@
+"""Cross-validation: OOF coverage, report, resume after a crash, refusing another recipe, fold ensembles."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import texttune
+import texttune.cv
+from texttune import Predictor, load_recipe
+from texttune.cli.main import main
+from texttune.cv import run_cv
+from texttune.errors import TexttuneError
+
+
+def _recipe(write_recipe, tmp_path: Path, run: str, *overrides: str):
+    path = write_recipe("regression", rows=60, training={"epochs": 2}, cv={"folds": 3})
+    return load_recipe(path, [f"output.dir={tmp_path / run}", *overrides])
+
+
+def _metrics(report: dict) -> dict:
+    return {"oof": report["oof"], "per_fold": report["per_fold"]}
+
+
+def test_oof_covers_every_row_once_and_the_run_predicts_as_an_ensemble(write_recipe, tmp_path: Path, capsys) -> None:
+    recipe = _recipe(write_recipe, tmp_path, "run")
+    result = run_cv(recipe)
+    run = result.run
+    oof = pd.read_csv(run / "oof.csv", dtype={"id": str})
+    assert oof["row"].tolist() == list(range(60))
+    assert sorted(oof["fold"].unique().tolist()) == [0, 1, 2]
+    assert {"id", "warmth", "gloom", "pred_warmth", "pred_gloom"} <= set(oof.columns)
+    report = json.loads((run / "cv_report.json").read_text())
+    assert report["rows"] == 60 and len(report["per_fold"]) == 3
+    assert report["fold_mean"] == pytest.approx(np.mean([f["mcrmse"] for f in report["per_fold"]]))
+    for fold in report["per_fold"]:  # each fold's OOF metrics are its bundle's kept validation metrics
+        kept = json.loads((run / f"fold-{fold['fold']}" / "metrics.json").read_text())["valid"]
+        assert fold["mcrmse"] == pytest.approx(kept["mcrmse"], abs=1e-5)
+    assert (run / "oof_predicted_vs_true.png").read_bytes().startswith(b"\x89PNG")
+    ensemble = Predictor.load(run)
+    texts = ["good great film", "awful dull plot"]
+    members = [Predictor.load(run / f"fold-{k}").predict_outputs(texts) for k in range(3)]
+    np.testing.assert_allclose(ensemble.predict_outputs(texts), np.mean(members, axis=0), rtol=1e-5, atol=1e-6)
+    assert (
+        main(["-q", "predict", str(run), "--input", str(recipe.data.train), "--output", str(tmp_path / "s.csv")]) == 0
+    )
+    assert len((tmp_path / "s.csv").read_text().splitlines()) == 61
+
+
+def test_resume_after_a_crash_in_fold_2_gives_the_same_report(write_recipe, tmp_path: Path, monkeypatch) -> None:
+    clean = run_cv(_recipe(write_recipe, tmp_path, "clean")).report
+    recipe = _recipe(write_recipe, tmp_path, "crashed")
+    original = texttune.cv.train
+
+    def crash_in_fold_2(fold_recipe, tables):
+        if fold_recipe.output.dir.name == "fold-2":
+            raise KeyboardInterrupt  # killed while training fold 2
+        return original(fold_recipe, tables)
+
+    monkeypatch.setattr(texttune.cv, "train", crash_in_fold_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_cv(recipe)
+    assert not (recipe.output.dir / "fold-2").exists() and (recipe.output.dir / "fold-1" / "texttune.json").is_file()
+    trained = []
+    monkeypatch.setattr(texttune.cv, "train", lambda r, t: trained.append(r.output.dir.name) or original(r, t))
+    resumed = run_cv(recipe).report
+    assert trained == ["fold-2"]  # complete folds are skipped
+    assert _metrics(resumed) == _metrics(clean)
+
+
+def test_another_recipe_is_refused_unless_forced(write_recipe, tmp_path: Path, capsys) -> None:
+    run_cv(_recipe(write_recipe, tmp_path, "run"))
+    changed = _recipe(write_recipe, tmp_path, "run", "training.learning_rate=0.001")
+    with pytest.raises(TexttuneError, match=r"changed: training.learning_rate.*--force"):
+        run_cv(changed)
+    assert json.loads((changed.output.dir / "cv_run.json").read_text())["settings"]["training.learning_rate"] != 1e-3
+    result = run_cv(changed, force=True)
+    assert json.loads((result.run / "cv_run.json").read_text())["settings"]["training.learning_rate"] == 1e-3
+
+
+def test_an_ensemble_of_identical_folds_equals_one_fold(write_recipe, tmp_path: Path) -> None:
+    for task in ("classification", "regression"):
+        recipe = load_recipe(write_recipe(task, rows=40, training={"epochs": 1}), [f"output.dir={tmp_path / task}"])
+        bundle = texttune.train(recipe).bundle
+        run = tmp_path / f"{task}-run"
+        for k in range(3):
+            shutil.copytree(bundle, run / f"fold-{k}")
+        manifest = {"format_version": 1, "members": ["fold-0", "fold-1", "fold-2"], "weights": [1, 2, 3]}
+        (run / "texttune-ensemble.json").write_text(json.dumps(manifest))
+        texts = ["good great film", "awful dull plot", "the movie was fine"]
+        single, ensemble = Predictor.load(bundle).predict(texts), Predictor.load(run).predict(texts)
+        np.testing.assert_allclose(ensemble.select_dtypes("number"), single.select_dtypes("number"), atol=1e-6)
+        assert ensemble.drop(columns=ensemble.select_dtypes("number").columns).equals(
+            single.drop(columns=single.select_dtypes("number").columns)
+        )

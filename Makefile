@@ -16,7 +16,8 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) examples/make_demo_data.py demo
 	$(VENV)/bin/texttune train examples/demo.yaml
-	$(VENV)/bin/texttune predict demo/model --input demo/test.csv --output demo/submission.csv
+	$(VENV)/bin/texttune cv examples/demo.yaml --set cv.folds=3 --set output.dir=demo/cv
+	$(VENV)/bin/texttune predict demo/cv --input demo/test.csv --output demo/submission.csv
 	$(VENV)/bin/texttune predict demo/model --text "A warm, funny and moving film."
 
 test: $(VENV)/.installed

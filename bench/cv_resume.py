@@ -1,9 +1,9 @@
 """Kill -9 a `texttune cv` run during its third fold, run it again, and compare with an uninterrupted run (issue 5).
 
-Uses MiniLM on the first ROWS sentences of SST-5 (5 folds, 1 epoch) so the whole check takes minutes. Exit code 0
+Uses MiniLM on the first ROWS sentences of SST-5 (5 folds, 2 epochs) so the whole check takes minutes. Exit code 0
 when the resumed run's cv_report.json metrics equal the uninterrupted run's.
 
-python bench/cv_resume.py [--rows 400] [--workdir /tmp/texttune-cv-resume]
+python bench/cv_resume.py [--rows 1000] [--workdir /tmp/texttune-cv-resume]
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ def metrics(run: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=400)
+    parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--workdir", default="/tmp/texttune-cv-resume")
+    parser.add_argument("--kill-after", type=float, default=8.0, help="seconds into fold 3 at which to kill")
     args = parser.parse_args()
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
@@ -46,7 +47,7 @@ def main() -> None:
     recipe.write_text(
         f"data: {{train: {work / 'train.tsv'}, text_columns: Phrase, target_columns: Sentiment, "
         "id_column: PhraseId}\n"
-        "model: {max_length: 64}\ntraining: {epochs: 1, batch_size: 16, learning_rate: 8.0e-5}\ncv: {folds: 5}\n"
+        "model: {max_length: 64}\ntraining: {epochs: 2, batch_size: 16, learning_rate: 1.0e-4}\ncv: {folds: 5}\n"
     )
     started = time.perf_counter()
     assert cv(recipe, work / "clean").wait() == 0
@@ -56,10 +57,11 @@ def main() -> None:
     while not (crashed / "fold-1" / "texttune.json").is_file():  # folds 1 and 2 done: fold 3 is training
         time.sleep(0.2)
         assert process.poll() is None, "the run ended before its third fold"
-    time.sleep(5)
+    time.sleep(args.kill_after)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     done = sorted(p.name for p in crashed.glob("fold-*") if (p / "texttune.json").is_file())
+    assert done == ["fold-0", "fold-1"], f"the kill did not land in fold 3 (complete: {done}); change --kill-after"
     print(f"killed with SIGKILL during fold 3; complete folds then: {done}; report present: "
           f"{(crashed / 'cv_report.json').exists()}")  # fmt: skip
     assert cv(recipe, crashed).wait() == 0

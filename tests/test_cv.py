@@ -98,3 +98,26 @@ def test_an_ensemble_of_identical_folds_equals_one_fold(write_recipe, tmp_path: 
         assert ensemble.drop(columns=ensemble.select_dtypes("number").columns).equals(
             single.drop(columns=single.select_dtypes("number").columns)
         )
+
+
+def test_labels_and_ids_survive_the_oof_round_trip(write_recipe, tmp_path: Path) -> None:
+    path = write_recipe("classification", rows=45, training={"epochs": 1}, cv={"folds": 3})
+    table = Path(load_recipe(path).data.train)
+    frame = pd.read_csv(table, dtype=str)
+    frame["label"] = frame["label"].map({"pos": "007", "neg": "1.0", "mixed": "true"})
+    frame["id"] = [f"00{i}" for i in range(len(frame))]
+    frame.to_csv(table, index=False)
+    result = run_cv(load_recipe(path, [f"output.dir={tmp_path / 'run'}"]))
+    oof = pd.read_csv(result.run / "oof.csv", dtype=str, keep_default_na=False)
+    assert set(oof["label"]) == {"007", "1.0", "true"} and oof["id"].tolist() == frame["id"].tolist()
+    assert sum(map(sum, result.report["confusion_matrix"]["counts"])) == 45
+
+
+def test_force_keeps_a_matching_run_and_leftovers_are_swept(write_recipe, tmp_path: Path, monkeypatch) -> None:
+    recipe = _recipe(write_recipe, tmp_path, "run")
+    first = run_cv(recipe).report
+    (recipe.output.dir / ".tmp-1234-cv_run.json").write_text("{")  # a write killed half-way
+    (recipe.output.dir / ".fold-1.tmp-5678").mkdir()
+    monkeypatch.setattr(texttune.cv, "train", lambda *a: pytest.fail("a complete fold was trained again"))
+    assert _metrics(run_cv(recipe, force=True).report) == _metrics(first)
+    assert not list(recipe.output.dir.glob(".*"))

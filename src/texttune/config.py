@@ -145,8 +145,9 @@ class TrainingConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingConfig:
-        if isinstance(self.learning_rate, tuple) and self.layer_decay != 1:
-            raise ValueError("learning_rate [low, high] already spreads the rates; leave layer_decay at 1")
+        rates = [self.learning_rate, *(stage.learning_rate for stage in self.stages or [])]
+        if self.layer_decay != 1 and any(isinstance(rate, tuple) for rate in rates):
+            raise ValueError("a learning rate [low, high] already spreads the rates; leave layer_decay at 1")
         if self.stages is not None and not self.stages:
             raise ValueError("training.stages needs at least one stage, or leave it out")
         return self

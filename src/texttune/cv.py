@@ -24,7 +24,7 @@ from sklearn.metrics import confusion_matrix
 
 from texttune import plots
 from texttune._io import atomic_file
-from texttune.bundle import BUNDLE_FILE, ENSEMBLE_FILE, VALID_PREDICTIONS
+from texttune.bundle import BUNDLE_FILE, ENSEMBLE_FILE, VALID_PREDICTIONS, WEIGHTS_FILE
 from texttune.config import Recipe
 from texttune.data import check_texts, read_table, require_columns
 from texttune.errors import TexttuneError
@@ -36,7 +36,7 @@ from texttune.training import train
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "cv_run.json"
-_OUTPUTS = ("folds.csv", "oof.csv", "cv_report.json", "oof_*.png", ENSEMBLE_FILE, "fold-*", ".fold-*", RUN_FILE)
+_OUTPUTS = ("folds.csv", "oof.csv", "cv_report.json", "oof_*.png", ENSEMBLE_FILE, "fold-*")
 
 
 @dataclass(frozen=True)
@@ -61,52 +61,61 @@ def _fingerprint(recipe: Recipe) -> dict[str, Any]:
     return {"settings": _settings(recipe), "data_sha256": data}
 
 
+def _changes(run: Path, fingerprint: dict[str, Any]) -> list[str]:
+    """What differs between the run recorded in `run` and this recipe and data; empty when resuming is safe."""
+    marker = run / RUN_FILE
+    if not marker.is_file():  # only our outputs, but no marker: a discard that was interrupted
+        return ["an interrupted discard"]
+    old = json.loads(marker.read_text())
+    new = fingerprint["settings"]
+    changed = sorted(k for k in {*old["settings"], *new} if old["settings"].get(k) != new.get(k))
+    return (["the contents of data.train"] if old["data_sha256"] != fingerprint["data_sha256"] else []) + changed
+
+
 def _claim(run: Path, fingerprint: dict[str, Any], force: bool) -> None:
     """Start a run in `run`, or resume the one there if it was made by the same recipe and data."""
-    marker = run / RUN_FILE
-    if run.exists() and any(run.iterdir()):
-        if not marker.is_file():
+    for leftover in run.glob(".*"):  # staging of writes that were killed
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    entries = list(run.iterdir()) if run.exists() else []
+    if entries:
+        if not all(any(e.match(pattern) for pattern in (*_OUTPUTS, RUN_FILE)) for e in entries):
             raise TexttuneError(
                 f"output.dir {run} exists and is not a texttune cv run; choose another output.dir or remove it"
             )
-        old = json.loads(marker.read_text())
-        changed = sorted(k for k in {*old["settings"], *fingerprint["settings"]}
-                         if old["settings"].get(k) != fingerprint["settings"].get(k))  # fmt: skip
-        if old["data_sha256"] != fingerprint["data_sha256"]:
-            changed.insert(0, "the contents of data.train")
+        changed = _changes(run, fingerprint)
         if changed and not force:
             raise TexttuneError(
                 f"{run} holds a cv run of another recipe or data (changed: {', '.join(changed[:5])}); "
                 "use another output.dir, or --force to discard it and start over"
             )
-        if changed or force:
+        if changed:
             logger.info("discarding the cv run in %s", run)
+            (run / RUN_FILE).unlink(missing_ok=True)  # first: a killed discard must not look resumable
             for pattern in _OUTPUTS:
                 for path in run.glob(pattern):
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
-    for leftover in run.glob(".fold-*"):  # staging of a bundle whose writing was killed
-        shutil.rmtree(leftover, ignore_errors=True)
-    if not marker.is_file():
-        with atomic_file(marker) as staging:
+    if not (run / RUN_FILE).is_file():
+        with atomic_file(run / RUN_FILE) as staging:
             staging.write_text(json.dumps(fingerprint, indent=2) + "\n")
 
 
 def _is_complete(fold_dir: Path) -> bool:
-    return (fold_dir / BUNDLE_FILE).is_file() and (fold_dir / VALID_PREDICTIONS).is_file()
+    return all((fold_dir / name).is_file() for name in (BUNDLE_FILE, WEIGHTS_FILE, VALID_PREDICTIONS))
 
 
 def _fold_predictions(run: Path, folds: int, spec: TaskSpec, id_column: str | None) -> pd.DataFrame:
     """Every fold's validation predictions, read back from its bundle: the OOF table, in source row order."""
     frames = []
     for fold in range(folds):
-        frame = pd.read_csv(run / f"fold-{fold}" / VALID_PREDICTIONS, dtype={id_column: str} if id_column else None)
+        frame = read_table(run / f"fold-{fold}" / VALID_PREDICTIONS)  # strings: ids and labels such as "007" survive
         frame.insert(1, "fold", fold)
         frames.append(frame)
-    oof = pd.concat(frames).sort_values("row").reset_index(drop=True)
+    oof = pd.concat(frames)
+    numbers = ["row"] + [c for c in oof.columns if c.startswith("prob_")]
     if spec.is_regression:
-        return oof
-    label = spec.target_columns[0]
-    return oof.astype({label: str, f"pred_{label}": str})
+        numbers += [*spec.target_columns, *(f"pred_{c}" for c in spec.target_columns)]
+    oof[numbers] = oof[numbers].apply(pd.to_numeric)
+    return oof.sort_values("row").reset_index(drop=True)
 
 
 def _metrics(oof: pd.DataFrame, spec: TaskSpec) -> dict[str, float]:

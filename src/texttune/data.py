@@ -142,6 +142,7 @@ def read_table(path: str | Path, sep: str | None = None) -> pd.DataFrame:
         raise TexttuneError(f"{path}: the file has a header but no data rows")
     if fmt in ("parquet", "jsonl"):  # typed formats: the same strings a CSV would give, missing values empty
         frame = frame.astype(object).where(frame.notna(), "").map(str)
+    frame = frame.reset_index(drop=True)  # rows are numbered 0..N-1 in file order (Parquet may store an index)
     frame.attrs["source"] = str(path)
     logger.info("read %s: %d rows, columns %s", path, len(frame), list(frame.columns))
     return frame

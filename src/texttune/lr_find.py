@@ -68,7 +68,15 @@ def lr_find(
     with tempfile.TemporaryDirectory(prefix=".texttune-lr-find-") as scratch:
         trainer = TexttuneTrainer(
             model=prepared.model,
-            args=training_arguments(recipe, steps, scratch, training.seed, logging_steps=1, eval_strategy="no"),
+            args=training_arguments(
+                recipe,
+                steps,
+                scratch,
+                training.seed,
+                logging_steps=1,
+                eval_strategy="no",
+                logging_nan_inf_filter=False,
+            ),
             train_dataset=prepared.train_set,
             data_collator=prepared.collator(),
             optimizers=(optimizer, exponential_sweep(optimizer, start, end, steps)),

@@ -36,7 +36,7 @@ from texttune.metrics import baseline_metrics, best_metric, make_compute_metrics
 from texttune.models import TextModel, create_loss, load_backbone
 from texttune.models.registry import check_max_length
 from texttune.policy import param_groups
-from texttune.policy.callbacks import EvaluateAtEnd, KeepBest, WeightAveraging
+from texttune.policy.callbacks import KeepBest, WeightAveraging
 from texttune.policy.schedules import one_cycle
 from texttune.predictor import Predictor
 from texttune.task import TaskSpec, encode_targets, fit_to_training_rows, infer_task, split_train_valid
@@ -181,7 +181,7 @@ def stage_trainer(
     """A Trainer for one stage: its levels unfrozen, a fresh AdamW over them, and the stage's own schedule."""
     recipe, training, model = prepared.recipe, prepared.recipe.training, prepared.model
     per_epoch = steps_per_epoch(recipe, len(prepared.train_set))
-    max_steps = max(1, math.ceil(per_epoch * stage.epochs))
+    max_steps = max(1, math.ceil(round(per_epoch * stage.epochs, 6)))  # 50 * 1.1 is 55.00000000000001
     eval_steps = max(1, math.ceil(per_epoch / training.evals_per_epoch))
     model.freeze_to(None if stage.unfreeze == "all" else stage.unfreeze)
     optimizer = adamw(model, training, stage.learning_rate)
@@ -208,7 +208,7 @@ def stage_trainer(
         loss=create_loss(recipe.task, prepared.spec),
         group_by_length=training.group_by_length,
         weight_averaging=WeightAveraging(training.ema_decay) if training.ema_decay else None,
-        callbacks=[EvaluateAtEnd(), *callbacks],
+        callbacks=callbacks,  # the Trainer also evaluates after the last step
     )
 
 
@@ -261,7 +261,7 @@ def validation_predictions(predictor: Predictor, frame: pd.DataFrame) -> pd.Data
     """The validation rows' truth next to the model's predictions: `row` (position in the source table), the id,
     the targets, then `pred_<target>` (and `prob_<class>` for classes). Cross-validation gathers these as OOF."""
     spec = predictor.task
-    table = pd.DataFrame({"row": np.asarray(frame.index)})
+    table = pd.DataFrame({"row": np.asarray(frame.index)})  # read_table numbers rows 0..N-1
     if predictor.info.id_column:
         table[predictor.info.id_column] = frame[predictor.info.id_column].to_numpy()
     for column in spec.target_columns:

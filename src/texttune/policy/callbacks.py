@@ -98,12 +98,3 @@ class KeepBest(TrainerCallback):
                 "lower training.learning_rate or train longer"
             )
         model.load_state_dict(self.weights)
-
-
-class EvaluateAtEnd(TrainerCallback):
-    """Evaluate after the last step too: with `eval_steps` that do not divide the run, the final weights (often the
-    best, at the end of a decaying schedule) would never be scored."""
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any):
-        if state.global_step >= state.max_steps:
-            control.should_evaluate = True

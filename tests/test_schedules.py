@@ -49,3 +49,10 @@ def test_exponential_sweep_is_geometric_from_start_to_end() -> None:
     assert heads[0] == pytest.approx(1e-6) and heads[-1] == pytest.approx(1.0)
     assert [b / a for a, b in zip(heads, heads[1:])] == pytest.approx([10.0] * 6)
     assert all(r[1] == pytest.approx(r[0] / 2) for r in rates)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 8])
+def test_one_cycle_survives_very_short_stages(steps: int) -> None:
+    optimizer = _optimizer(1e-3)
+    rates, _ = _curves(optimizer, one_cycle(optimizer, total_steps=steps, pct_start=0.25), steps)
+    assert max(r[0] for r in rates) <= 1e-3 and all(r[0] > 0 for r in rates)

@@ -23,10 +23,13 @@ def one_cycle(
     less momentum while the steps are large.
     """
     high, low = momentums
+    total_steps = max(4, total_steps)
+    if pct_start > 0:  # OneCycleLR divides by zero when a phase spans under one step: short runs warm up 2 steps
+        pct_start = min(max(pct_start, 2 / total_steps), 1 - 1 / total_steps)
     return OneCycleLR(
         optimizer,
         max_lr=[group["lr"] for group in optimizer.param_groups],
-        total_steps=max(2, total_steps),
+        total_steps=total_steps,
         pct_start=pct_start,
         anneal_strategy="cos",
         cycle_momentum=True,

@@ -8,6 +8,7 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -235,9 +236,9 @@ class Fit:
     stage_starts: list[int]
 
 
-def fit(prepared: Prepared) -> Fit:
+def fit(prepared: Prepared, callbacks: Sequence[TrainerCallback] = ()) -> Fit:
     """Train the prepared model stage by stage (one stage without `training.stages`) and load the best weights seen
-    in any stage's evaluations."""
+    in any stage's evaluations. `callbacks` join every stage's Trainer (timing, tracking)."""
     metric, greater_is_better = best_metric(prepared.spec)
     keep_best = KeepBest(metric, greater_is_better)
     train_log: list[dict[str, float]] = []
@@ -246,7 +247,7 @@ def fit(prepared: Prepared) -> Fit:
     with tempfile.TemporaryDirectory(prefix=".texttune-scratch-") as scratch:
         for index, stage in enumerate(prepared.recipe.training.stage_plan()):
             stage_starts.append(step)
-            trainer = stage_trainer(prepared, stage, index, scratch, callbacks=[keep_best])
+            trainer = stage_trainer(prepared, stage, index, scratch, callbacks=[keep_best, *callbacks])
             trainer.train()
             stage_train_log, evaluations = _stage_logs(trainer, index, step, epoch)
             train_log, history = train_log + stage_train_log, history + evaluations

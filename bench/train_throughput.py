@@ -246,8 +246,10 @@ def main() -> None:
             f"\n{workload} (batch {WORKLOADS[workload]['batch_size']}, {steps} timed steps, median of {args.repeats}):"
         )
         for kind, m in medians.items():
-            print(f"  {kind:9} {m['samples_per_s']:8.2f} samples/s {m['tokens_per_s']:9.0f} real tokens/s "
-                  f"{m['pad_share']:6.1%} padding {m['train_gflops']:7.1f} GFLOP/s {m['peak_rss_mb']:7.0f} MB peak RSS")  # fmt: skip
+            print(
+                f"  {kind:9} {m['samples_per_s']:8.2f} samples/s {m['tokens_per_s']:9.0f} real tokens/s "
+                f"{m['pad_share']:6.1%} padding {m['train_gflops']:7.1f} GFLOP/s {m['peak_rss_mb']:7.0f} MB peak RSS"
+            )
         print(f"  texttune / baseline: {ratio:.2f}x samples/s; texttune MFU {mfu:.1%} of the bf16 matmul peak")
         summary[workload] = {"baseline": medians["baseline"], "texttune": medians["texttune"], "ratio": ratio,
                              "mfu": mfu}  # fmt: skip

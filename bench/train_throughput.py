@@ -3,7 +3,8 @@
 One run measures, each in a fresh subprocess (so peak RSS is per measurement), as medians of --repeats:
 - baseline: `transformers.Trainer` on AutoModelForSequenceClassification with a Dataset that tokenizes in
   `__getitem__` with padding="max_length" (512, the seed recipe's), fp32, random batches;
-- texttune: `texttune.training.prepare` + `fit`, the default path of `texttune train`, unchanged;
+- texttune: `texttune.training.prepare` + `fit`, the default path of `texttune train`, unchanged, under the
+  allocator the `texttune` command uses (tcmalloc when installed, see texttune/_malloc.py);
 - ceiling: this machine's bf16 and fp32 matmul GFLOP/s, and texttune's model FLOPs utilisation (MFU): training
   FLOP/s on real tokens (6 x non-embedding parameters x tokens + 12 x layers x hidden x length^2 per text for
   attention) divided by the bf16 peak.
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from texttune._malloc import tcmalloc_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data"
@@ -97,11 +100,11 @@ def _measure(meter: TokenMeter, clock: Any, warmup: int, batch_size: int, layers
     }
 
 
-def run_texttune(workload: str, steps: int, warmup: int) -> dict[str, Any]:
+def run_texttune(workload: str, steps: int, warmup: int, callbacks: tuple = ()) -> dict[str, Any]:
     """texttune's default training path on (warmup + steps) batches, one epoch, no tricks."""
+    from texttune import training
     from texttune.config import load_recipe
     from texttune.task import fit_to_training_rows, infer_task
-    from texttune.training import fit, prepare
 
     batch_size = WORKLOADS[workload]["batch_size"]
     overrides = [f"training.batch_size={batch_size}", "training.evals_per_epoch=1", "training.stages=null",
@@ -110,12 +113,12 @@ def run_texttune(workload: str, steps: int, warmup: int) -> dict[str, Any]:
     frame = _rows(workload, (warmup + steps) * batch_size + 8)
     train_rows, valid_rows = frame.iloc[:-8], frame.iloc[-8:]
     spec = infer_task(frame, recipe.data.target_columns, recipe.task)
-    prepared = prepare(recipe, (train_rows, valid_rows, fit_to_training_rows(spec, train_rows)))
+    prepared = training.prepare(recipe, (train_rows, valid_rows, fit_to_training_rows(spec, train_rows)))
     model = prepared.model
     meter, clock = TokenMeter(), StepClock()
     model.register_forward_pre_hook(meter, with_kwargs=True)
     embeddings = set(model.levels()[-1])
-    fit(prepared, callbacks=[clock])
+    training.fit(prepared, callbacks=[clock, *callbacks])
     config = model.backbone.config
     params = _non_embedding_parameters(model, embeddings)
     return _measure(meter, clock, warmup, batch_size, config.num_hidden_layers, config.hidden_size, params)
@@ -207,6 +210,8 @@ def _spawn(kind: str, workload: str, steps: int, warmup: int) -> dict[str, Any]:
     command = [sys.executable, __file__, "--child", kind, "--workload", workload, "--steps", str(steps),
                "--warmup", str(warmup)]  # fmt: skip
     env = {**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if kind == "texttune":  # the allocator the `texttune` command runs under (texttune._malloc)
+        env = {**(tcmalloc_environment() or env), "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
     output = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
     lines = [line for line in output.stdout.splitlines() if line.startswith("RESULT ")]
     if output.returncode or not lines:
@@ -234,7 +239,7 @@ def main() -> None:
     print(f"ceiling: bf16 matmul {ceiling['bf16_gflops']:.0f} GFLOP/s, fp32 {ceiling['fp32_gflops']:.0f} GFLOP/s")
     summary: dict[str, Any] = {"ceiling": ceiling, "repeats": args.repeats, "steps": args.steps}
     for workload in [args.only] if args.only else list(WORKLOADS):
-        steps = args.steps if workload == "ellipse" else args.steps * 2
+        steps = args.steps
         runs = {kind: [] for kind in ("baseline", "texttune")}
         for _ in range(args.repeats):  # interleaved, so drifts of the machine hit both alike
             for kind in runs:

@@ -61,6 +61,7 @@ def test_sweep_stops_at_divergence_and_restores_the_weights(write_recipe, tmp_pa
     assert all(result.rates[0] <= rate <= result.rates[-1] for rate in result.suggestions.values())
     assert result.rates[0] <= result.fine_tuning * FINE_TUNING_DIVISOR <= result.rates[-1]
     assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")
+    assert json.loads((tmp_path / "sweep.json").read_text())["rates"] == result.rates
 
 
 def test_finder_callback_puts_the_weights_back(write_recipe) -> None:

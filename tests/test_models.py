@@ -12,6 +12,7 @@ from texttune.errors import TexttuneError
 from texttune.models import POOLINGS, TextModel, create_loss, load_backbone
 from texttune.models.heads import ClsPooling, MeanPooling
 from texttune.models.layer_groups import layer_groups
+from texttune.models.registry import attention_implementation
 from texttune.policy import param_groups
 from texttune.task import TaskSpec
 
@@ -88,3 +89,10 @@ def test_layer_groups_and_layerwise_learning_rates(tiny_backbone: Path) -> None:
     for name, parameter in model.named_parameters():
         assert (id(parameter) in no_decay) == (name.endswith("bias") or "LayerNorm" in name), name
     assert sum(len(g["params"]) for g in named) == len(list(model.parameters()))
+
+
+def test_attention_kernels_follow_the_recipe(tiny_backbone: Path) -> None:
+    assert attention_implementation("auto") == (None if torch.cuda.is_available() else "eager")
+    for choice in ("eager", "sdpa"):
+        backbone, _ = load_backbone(str(tiny_backbone), attention=choice)
+        assert backbone.config._attn_implementation == choice

@@ -7,6 +7,8 @@ restored and no bundle is written.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -46,7 +48,8 @@ def lr_find(
 
     Args:
         recipe: data, model and training settings (batch size, precision, discriminative rates) to test.
-        plot: where to write the PNG of the curve with the suggestions marked; None writes none.
+        plot: where to write the PNG of the curve with the suggestions marked, and beside it a JSON file of the
+            curve; None writes neither.
 
     Raises:
         TexttuneError: bad data or configuration, or too few steps before divergence to suggest anything.
@@ -97,5 +100,7 @@ def lr_find(
             staging.write_bytes(
                 plots.lr_find(result.rates, result.losses, result.smoothed, suggestions, result.fine_tuning)
             )
-        logger.info("lr-find plot written to %s", plot)
+        with atomic_file(Path(plot).with_suffix(".json")) as staging:  # the data behind the plot
+            staging.write_text(json.dumps(dataclasses.asdict(result)) + "\n")
+        logger.info("lr-find plot written to %s (its data in %s)", plot, Path(plot).with_suffix(".json"))
     return result

@@ -20,6 +20,7 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from texttune import plots
 from texttune._hardware import use_bf16
+from texttune._malloc import retain_freed_memory
 from texttune.bundle import BUNDLE_FILE, VALID_PREDICTIONS, BundleInfo, save_bundle
 from texttune.config import LearningRate, Recipe, Stage, TrainingConfig
 from texttune.data import (
@@ -116,7 +117,7 @@ def prepare(recipe: Recipe, tables: Tables | None = None) -> Prepared:
     set_seed(recipe.training.seed)
     train_frame, valid_frame, spec = tables or load_tables(recipe)
     train_targets, valid_targets = encode_targets(train_frame, spec), encode_targets(valid_frame, spec)
-    backbone, tokenizer = load_backbone(recipe.model.backbone, recipe.model.backbone_dropout)
+    backbone, tokenizer = load_backbone(recipe.model.backbone, recipe.model.backbone_dropout, recipe.model.attention)
     check_max_length(backbone, recipe.model.max_length)
     train_set = _dataset(tokenizer, train_frame, recipe, train_targets)
     valid_set = _dataset(tokenizer, valid_frame, recipe, valid_targets, by_length=True)
@@ -239,6 +240,7 @@ class Fit:
 def fit(prepared: Prepared, callbacks: Sequence[TrainerCallback] = ()) -> Fit:
     """Train the prepared model stage by stage (one stage without `training.stages`) and load the best weights seen
     in any stage's evaluations. `callbacks` join every stage's Trainer (timing, tracking)."""
+    retain_freed_memory()  # see texttune._malloc: reuse large buffers instead of page-faulting them in every step
     metric, greater_is_better = best_metric(prepared.spec)
     keep_best = KeepBest(metric, greater_is_better)
     train_log: list[dict[str, float]] = []

@@ -8,6 +8,7 @@ import os
 import sys
 
 from texttune import __version__
+from texttune._malloc import reexecute_with_tcmalloc
 from texttune.cli import cv, lr_find, predict, train
 from texttune.errors import TexttuneError
 
@@ -37,6 +38,8 @@ def _configure_logging(quiet: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # a real command, not a call from Python: run under the measured-fastest allocator
+        reexecute_with_tcmalloc(sys.argv[1:])
     args = build_parser().parse_args(argv)
     _configure_logging(args.quiet)
     try:

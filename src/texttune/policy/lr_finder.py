@@ -70,9 +70,10 @@ def minimum_tenth(rates: Sequence[float], losses: Sequence[float]) -> float:
 
 
 def steepest(rates: Sequence[float], losses: Sequence[float]) -> float:
-    """Where the loss falls fastest against log(rate)."""
+    """Where the loss falls fastest against log(rate), on the way down to its minimum (not in a later bump)."""
     rates, losses = _finite(rates, losses)
-    slopes = np.gradient(losses, np.log(rates))
+    end = int(np.argmin(losses)) + 1
+    slopes = np.gradient(losses[: max(end, 2)], np.log(rates[: max(end, 2)]))
     return float(rates[np.argmin(slopes)])
 
 
@@ -111,13 +112,16 @@ FINE_TUNING_DIVISOR = 100.0
 def divergence_onset(rates: Sequence[float], losses: Sequence[float], smoothed: Sequence[float]) -> float:
     """The first rate at which the smoothed loss stands three noise widths above its lowest point so far.
 
-    The noise width is the spread of the raw losses around the smoothed curve, so a noisy flat curve (long essays,
-    few steps) does not count as rising.
+    The noise width is the spread of the raw losses around the smoothed curve over the sweep's first half (a robust
+    standard deviation: 1.4826 x the median absolute deviation), so a noisy flat curve (long essays, few steps) does
+    not count as rising, and the spikes of divergence do not widen it.
     """
     rates, losses, smoothed = (np.asarray(a, dtype=float) for a in (rates, losses, smoothed))
     keep = np.isfinite(losses) & np.isfinite(smoothed)
     start = len(smoothed) // 10
-    noise = float(np.std((losses - smoothed)[keep][start:])) if keep[start:].any() else 0.0
+    residuals = (losses - smoothed)[start : max(start + 2, len(smoothed) // 2)]
+    residuals = residuals[np.isfinite(residuals)]
+    noise = 1.4826 * float(np.median(np.abs(residuals))) if len(residuals) else 0.0
     lowest = np.minimum.accumulate(np.where(keep, smoothed, np.inf))
     risen = np.flatnonzero(~keep | (smoothed > lowest + 3 * noise))
     risen = risen[risen >= start]

@@ -103,18 +103,19 @@ SUGGESTIONS: dict[str, Callable[[Sequence[float], Sequence[float]], float]] = {
 
 
 # Pretrained encoders fine-tune best about a hundred times below the rate at which the range test's loss turns up:
-# measured here with MiniLM, the loss turned up near 5e-3 on SST-5 and on ELLIPSE, and the best fine-tuning rates
-# were 5e-5 to 8e-5 and 1e-4 (bench/experiments.md). The classic suggestions assume training from scratch, and on a
-# pretrained encoder the curve is often flat until it diverges (transformers #16013), so they can land anywhere.
+# measured here with MiniLM, `divergence_onset` found 5.5e-3 on SST-5 and 6.4e-3 on ELLIPSE, and the best
+# fine-tuning rates were 5e-5 to 8e-5 and 1e-4 (bench/experiments.md). The classic suggestions assume training
+# from scratch, and on a pretrained encoder the curve is often flat until it diverges (transformers #16013), so
+# they can land anywhere.
 FINE_TUNING_DIVISOR = 100.0
 
 
 def divergence_onset(rates: Sequence[float], losses: Sequence[float], smoothed: Sequence[float]) -> float:
-    """The first rate at which the smoothed loss stands three noise widths above its lowest point so far.
+    """The rate from which on the smoothed loss stays more than one noise width above its lowest point so far.
 
     The noise width is the spread of the raw losses around the smoothed curve over the sweep's first half (a robust
     standard deviation: 1.4826 x the median absolute deviation), so a noisy flat curve (long essays, few steps) does
-    not count as rising, and the spikes of divergence do not widen it.
+    not count as rising, and the spikes of divergence do not widen it. A bump that comes back down is not the onset.
     """
     rates, losses, smoothed = (np.asarray(a, dtype=float) for a in (rates, losses, smoothed))
     keep = np.isfinite(losses) & np.isfinite(smoothed)
@@ -122,10 +123,11 @@ def divergence_onset(rates: Sequence[float], losses: Sequence[float], smoothed: 
     residuals = (losses - smoothed)[start : max(start + 2, len(smoothed) // 2)]
     residuals = residuals[np.isfinite(residuals)]
     noise = 1.4826 * float(np.median(np.abs(residuals))) if len(residuals) else 0.0
-    lowest = np.minimum.accumulate(np.where(keep, smoothed, np.inf))
-    risen = np.flatnonzero(~keep | (smoothed > lowest + 3 * noise))
-    risen = risen[risen >= start]
-    return float(rates[risen[0]] if len(risen) else rates[-1])
+    lowest = np.minimum.accumulate(np.where(keep & (np.arange(len(smoothed)) >= start), smoothed, np.inf))
+    risen = ~keep | (smoothed > lowest + noise)
+    below = np.flatnonzero(~risen[start:])  # the onset follows the last point that was not risen
+    onset = start + (below[-1] + 1 if len(below) else 0)
+    return float(rates[min(onset, len(rates) - 1)])
 
 
 def fine_tuning_start(rates: Sequence[float], losses: Sequence[float], smoothed: Sequence[float]) -> float:

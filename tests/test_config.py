@@ -56,3 +56,21 @@ def test_bad_override_and_bad_yaml(tmp_path: Path) -> None:
 def test_missing_required_key(tmp_path: Path) -> None:
     with pytest.raises(TexttuneError, match="missing required key 'data.train'"):
         load_recipe(_write(tmp_path, "data:\n  valid_fraction: 0.1\n"))
+
+
+def test_stages_and_learning_rate_ranges_are_checked(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data: {train: t.csv}\n")
+    stages = load_recipe(path, ["training.stages=[{unfreeze: 1, epochs: 0.5, lr: 0.002}, {unfreeze: all}]"])
+    assert [(s.unfreeze, s.epochs, s.learning_rate) for s in stages.training.stage_plan()] == [
+        (1, 0.5, 0.002),
+        ("all", 1, None),
+    ]
+    assert load_recipe(path, ["training.learning_rate=[1.0e-5, 1.0e-3]"]).training.learning_rate == (1e-5, 1e-3)
+    with pytest.raises(TexttuneError, match=r"unknown key 'training.stages.0.epoch'; did you mean 'epochs'"):
+        load_recipe(path, ["training.stages=[{epoch: 1}]"])
+    with pytest.raises(TexttuneError, match=r"training.stages.0.unfreeze: .*'all'"):
+        load_recipe(path, ["training.stages=[{unfreeze: 0}]"])
+    with pytest.raises(TexttuneError, match="leave layer_decay at 1"):
+        load_recipe(path, ["training.stages=[{lr: [1.0e-5, 1.0e-3]}]", "training.layer_decay=0.9"])
+    with pytest.raises(TexttuneError, match=r"training.learning_rate: .*0 < low <= high"):
+        load_recipe(path, ["training.learning_rate=[1.0e-3, 1.0e-5]"])

@@ -80,6 +80,8 @@ def test_another_recipe_is_refused_unless_forced(write_recipe, tmp_path: Path, c
         run_cv(changed)
     assert json.loads((changed.output.dir / "cv_run.json").read_text())["settings"]["training.learning_rate"] != 1e-3
     result = run_cv(changed, force=True)
+    with pytest.raises(TexttuneError, match="is a file"):
+        run_cv(_recipe(write_recipe, tmp_path, "run/cv_report.json"))
     assert json.loads((result.run / "cv_run.json").read_text())["settings"]["training.learning_rate"] == 1e-3
 
 

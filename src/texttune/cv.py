@@ -26,12 +26,12 @@ from texttune import plots
 from texttune._io import atomic_file
 from texttune.bundle import BUNDLE_FILE, ENSEMBLE_FILE, VALID_PREDICTIONS, WEIGHTS_FILE
 from texttune.config import Recipe
-from texttune.data import check_texts, read_table, require_columns
+from texttune.data import read_table
 from texttune.errors import TexttuneError
 from texttune.folds import make_folds
 from texttune.metrics import best_metric, classification_metrics, regression_metrics
-from texttune.task import TaskSpec, encode_targets, fit_to_training_rows, infer_task
-from texttune.training import train
+from texttune.task import TaskSpec, encode_targets, fit_to_training_rows
+from texttune.training import read_training_table, train
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ def _changes(run: Path, fingerprint: dict[str, Any]) -> list[str]:
 
 def _claim(run: Path, fingerprint: dict[str, Any], force: bool) -> None:
     """Start a run in `run`, or resume the one there if it was made by the same recipe and data."""
+    if run.exists() and not run.is_dir():
+        raise TexttuneError(f"output.dir {run} is a file; a cv run needs a directory: choose another output.dir")
     for leftover in run.glob(".*"):  # staging of writes that were killed
         shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
     entries = list(run.iterdir()) if run.exists() else []
@@ -172,13 +174,9 @@ def run_cv(recipe: Recipe, force: bool = False) -> CVResult:
     """
     started = time.perf_counter()
     data, run = recipe.data, Path(recipe.output.dir)
-    frame = read_table(data.train, data.sep)
-    check_texts(frame, data.text_columns)
-    if data.id_column:
-        require_columns(frame, [data.id_column], "id")
+    frame, spec = read_training_table(recipe)
     if data.valid is not None:
         logger.warning("cv validates every row of data.train once; data.valid (%s) is not used", data.valid)
-    spec = infer_task(frame, data.target_columns, recipe.task)
     _claim(run, _fingerprint(recipe), force)
     folds = make_folds(frame, spec, recipe.cv, recipe.training.seed)
     assignment = pd.DataFrame({"row": np.arange(len(frame)), "fold": folds})

@@ -57,14 +57,20 @@ class TrainResult:
     seconds: float
 
 
-def load_tables(recipe: Recipe) -> tuple[pd.DataFrame, pd.DataFrame, TaskSpec]:
-    """Read, validate and split the data; regression statistics come from the training part only."""
+def read_training_table(recipe: Recipe) -> tuple[pd.DataFrame, TaskSpec]:
+    """Read and validate `data.train` (texts, id column, targets) and infer what is learned from it."""
     data = recipe.data
     frame = read_table(data.train, data.sep)
     check_texts(frame, data.text_columns)
     if data.id_column:
         require_columns(frame, [data.id_column], "id")
-    spec = infer_task(frame, data.target_columns, recipe.task)
+    return frame, infer_task(frame, data.target_columns, recipe.task)
+
+
+def load_tables(recipe: Recipe) -> tuple[pd.DataFrame, pd.DataFrame, TaskSpec]:
+    """Read, validate and split the data; regression statistics come from the training part only."""
+    data = recipe.data
+    frame, spec = read_training_table(recipe)
     if data.valid is not None:
         train, valid = frame, read_table(data.valid, data.sep)
         check_texts(valid, data.text_columns)

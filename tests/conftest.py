@@ -15,6 +15,16 @@ from texttune.testing import build_tiny_backbone, synthetic_table
 torch.set_num_threads(1)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_tracking_store(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Runs that track by default (recipes from examples/) record into a store of the session, not the checkout's
+    texttune-runs/, and models:/ downloads go to a cache of the session."""
+    root = tmp_path_factory.mktemp("tracking")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    os.environ["TEXTTUNE_CACHE"] = str(root / "cache")
+
+
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
@@ -35,6 +45,7 @@ def write_recipe(tmp_path: Path, tiny_backbone: Path):
             "data": {"train": str(table), "text_columns": "text", "target_columns": targets, "id_column": "id"},
             "model": {"backbone": str(tiny_backbone), "max_length": 32},
             "training": {"epochs": 4, "batch_size": 8, "learning_rate": 3e-3, "warmup_ratio": 0, "precision": "fp32"},
+            "tracking": {"backend": "none"},  # tests/test_tracking.py turns it on
             "output": {"dir": str(tmp_path / "bundle")},
         }
         for section, values in sections.items():

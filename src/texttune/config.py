@@ -175,6 +175,30 @@ class CVConfig(_Section):
     bins: int = Field(5, ge=2, description="Regression: quantile bins per target for stratification.")
 
 
+class TrackingConfig(_Section):
+    """Where runs, metrics, plots and model versions are recorded (`texttune.tracking`); never needed to train."""
+
+    backend: Literal["mlflow", "wandb", "none"] = Field(
+        "mlflow", description="mlflow: an embedded store, or a server; wandb: Weights & Biases; none: no tracking."
+    )
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else the embedded store "
+        "sqlite:///texttune-runs/mlflow.db with its artifacts beside it.",
+    )
+    experiment: str = Field("texttune", description="MLflow experiment, or W&B project.")
+    name: str | None = Field(
+        None,
+        description="Run name and registered model name; None: the recipe file's name (ellipse for ellipse.yaml).",
+    )
+    group: str | None = Field(None, description="Group of related runs (W&B group; an MLflow tag).")
+    job_type: str | None = Field(None, description="W&B job type; an MLflow tag. None: train, cv, fold or lr-find.")
+    tags: list[str] = Field([], description="Labels for the runs (W&B tags; MLflow tags with an empty value).")
+    log_models: bool = Field(True, description="Log each bundle and register it as a new version of the model `name`.")
+
+    _lists = field_validator("tags", mode="before")(_as_list)
+
+
 class OutputConfig(_Section):
     """Where the model bundle goes."""
 
@@ -189,6 +213,7 @@ class Recipe(_Section):
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     cv: CVConfig = CVConfig()
+    tracking: TrackingConfig = TrackingConfig()
     output: OutputConfig = OutputConfig()
 
     def to_dict(self) -> dict[str, Any]:
@@ -277,5 +302,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         where = f" line {mark.line + 1}" if mark else ""
         raise TexttuneError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(raw, dict):
-        raise TexttuneError(f"{path}: a recipe is a mapping of sections (data, task, model, training, output)")
-    return build_recipe(apply_overrides(raw, overrides or []), source=str(path))
+        raise TexttuneError(
+            f"{path}: a recipe is a mapping of sections (data, task, model, training, cv, tracking, output)"
+        )
+    raw = apply_overrides(raw, overrides or [])
+    tracking = raw.setdefault("tracking", {})
+    if isinstance(tracking, dict) and tracking.get("name") is None:
+        tracking["name"] = path.stem  # runs and model versions are named after the recipe
+    return build_recipe(raw, source=str(path))

@@ -31,6 +31,7 @@ from texttune.errors import TexttuneError
 from texttune.folds import make_folds
 from texttune.metrics import best_metric, classification_metrics, regression_metrics
 from texttune.task import TaskSpec, encode_targets, fit_to_training_rows
+from texttune.tracking import recipe_params, record_bundle, record_cv, start_run
 from texttune.training import read_training_table, train
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def _settings(recipe: Recipe) -> dict[str, Any]:
     """The recipe values that change results: all but the output and the data that CV does not read."""
     settings = recipe.to_dict()
     settings.pop("output")
+    settings.pop("tracking")
     settings["data"] = {k: v for k, v in settings["data"].items() if k not in ("valid", "valid_fraction")}
     return {f"{section}.{key}": value for section, values in settings.items() for key, value in values.items()}
 
@@ -184,16 +186,30 @@ def run_cv(recipe: Recipe, force: bool = False) -> CVResult:
         assignment.insert(1, data.id_column, frame[data.id_column].to_numpy())
     with atomic_file(run / "folds.csv") as staging:
         assignment.to_csv(staging, index=False)
-    for fold in range(recipe.cv.folds):
-        fold_dir = run / f"fold-{fold}"
-        if _is_complete(fold_dir):
-            logger.info("fold %d: complete, skipped", fold)
-            continue
-        logger.info("fold %d of %d", fold + 1, recipe.cv.folds)
-        train_rows, valid_rows = frame[folds != fold], frame[folds == fold]
-        fold_recipe = recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": fold_dir})})
-        train(fold_recipe, (train_rows, valid_rows, fit_to_training_rows(spec, train_rows)))
-    oof = _fold_predictions(run, recipe.cv.folds, spec, data.id_column)
+    with start_run(recipe, "cv") as tracked:
+        tracked.log_params({**recipe_params(recipe, spec), "cv.run_dir": str(run)})
+        sources: dict[str, str | None] = {}  # fold -> its registered model version
+        for fold in range(recipe.cv.folds):
+            fold_dir = run / f"fold-{fold}"
+            fold_recipe = recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": fold_dir})})
+            with tracked.child(fold_dir.name, "fold", {"texttune.fold": str(fold)}) as fold_run:
+                if _is_complete(fold_dir):
+                    logger.info("fold %d: complete, skipped", fold)
+                    fold_run.log_params(recipe_params(fold_recipe, spec))
+                    sources[fold_dir.name] = record_bundle(fold_run, fold_dir, spec, replay=True)
+                    continue
+                logger.info("fold %d of %d", fold + 1, recipe.cv.folds)
+                train_rows, valid_rows = frame[folds != fold], frame[folds == fold]
+                tables = (train_rows, valid_rows, fit_to_training_rows(spec, train_rows))
+                sources[fold_dir.name] = train(fold_recipe, tables, run=fold_run).model_version
+        report = _finish(run, recipe, spec)
+        record_cv(tracked, run, report, spec, sources)
+    return CVResult(run=run, report=report, seconds=time.perf_counter() - started)
+
+
+def _finish(run: Path, recipe: Recipe, spec: TaskSpec) -> dict[str, Any]:
+    """The outputs of a run whose folds are all complete: OOF table, report, plot and ensemble manifest."""
+    oof = _fold_predictions(run, recipe.cv.folds, spec, recipe.data.id_column)
     report = cv_report(oof, spec)
     with atomic_file(run / "oof.csv") as staging:
         oof.to_csv(staging, index=False)
@@ -207,4 +223,4 @@ def run_cv(recipe: Recipe, force: bool = False) -> CVResult:
     with atomic_file(run / ENSEMBLE_FILE) as staging:
         manifest = {"format_version": 1, "members": members, "weights": None, "oof": report["oof"]}
         staging.write_text(json.dumps(manifest, indent=2) + "\n")
-    return CVResult(run=run, report=report, seconds=time.perf_counter() - started)
+    return report

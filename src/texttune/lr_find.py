@@ -2,7 +2,7 @@
 
 The sweep scales every parameter group together, so discriminative rates keep their ratios and the rates shown
 are the recipe's `training.learning_rate` (the encoder's top level). Nothing is trained for good: the weights are
-restored and no bundle is written.
+restored and no bundle is written. The sweep, suggestions and plot are recorded as an `lr-find` run.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from texttune.errors import TexttuneError
 from texttune.models import create_loss
 from texttune.policy.lr_finder import SUGGESTIONS, LRFinder, fine_tuning_start
 from texttune.policy.schedules import exponential_sweep
+from texttune.tracking import recipe_params, record_lr_find, start_run
 from texttune.trainer import TexttuneTrainer
 from texttune.training import adamw, prepare, training_arguments
 
@@ -103,4 +104,7 @@ def lr_find(
         with atomic_file(Path(plot).with_suffix(".json")) as staging:  # the data behind the plot
             staging.write_text(json.dumps(dataclasses.asdict(result)) + "\n")
         logger.info("lr-find plot written to %s (its data in %s)", plot, Path(plot).with_suffix(".json"))
+    with start_run(recipe, "lr-find") as run:
+        run.log_params({**recipe_params(recipe, prepared.spec), "lr_find.start": start, "lr_find.end": end})
+        record_lr_find(run, result, plot)
     return result

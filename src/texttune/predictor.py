@@ -32,6 +32,7 @@ class Predictor:
         >>> predictor = Predictor.load("texttune-runs/model")
         >>> predictor.predict(["a fine film", "a dull one"])
         >>> Predictor.load("texttune-runs/ellipse-cv").predict(essays)  # the average of the five folds
+        >>> Predictor.load("models:/ellipse@best")  # the best registered cv ensemble, from the tracking store
     """
 
     def __init__(
@@ -62,9 +63,15 @@ class Predictor:
         self.collator = PaddingCollator(tokenizer.pad_token_id, tokenizer.padding_side, max_length=info.max_length)
 
     @classmethod
-    def load(cls, path: str | Path, **kwargs: Any) -> Predictor:
-        """Load a bundle written by `texttune train`, or a `texttune cv` run directory as the ensemble of its folds
-        (with the manifest's weights unless `weights` is given)."""
+    def load(cls, path: str | Path, tracking_uri: str | None = None, **kwargs: Any) -> Predictor:
+        """Load a bundle written by `texttune train`, a `texttune cv` run directory as the ensemble of its folds
+        (with the manifest's weights unless `weights` is given), or a registered version such as
+        `models:/ellipse@best` or `models:/ellipse/3`, fetched once from the MLflow store `tracking_uri`
+        (None: $MLFLOW_TRACKING_URI, else the embedded `texttune-runs/mlflow.db`) into a local cache."""
+        if str(path).startswith("models:/"):
+            from texttune.tracking.models import fetch_model
+
+            path = fetch_model(str(path), tracking_uri)
         if (Path(path) / ENSEMBLE_FILE).is_file():
             models, tokenizer, info, weights = load_ensemble(path)
             return cls(models, tokenizer, info, **{"weights": weights, **kwargs})

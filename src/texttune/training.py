@@ -4,6 +4,7 @@ the bundle.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import tempfile
@@ -42,6 +43,7 @@ from texttune.policy.callbacks import KeepBest, WeightAveraging
 from texttune.policy.schedules import one_cycle
 from texttune.predictor import Predictor
 from texttune.task import TaskSpec, encode_targets, fit_to_training_rows, infer_task, split_train_valid
+from texttune.tracking import TrackedRun, TrackingCallback, recipe_params, record_bundle, start_run
 from texttune.trainer import TexttuneTrainer
 
 logger = logging.getLogger(__name__)
@@ -49,12 +51,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Where the bundle went and how the kept checkpoint scored on validation."""
+    """Where the bundle went, how the kept checkpoint scored on validation, and its registered model version."""
 
     bundle: Path
     metrics: dict[str, float]
     baseline: dict[str, float]
     seconds: float
+    model_version: str | None = None  # e.g. models:/demo/3; None without tracking
 
 
 def read_training_table(recipe: Recipe) -> tuple[pd.DataFrame, TaskSpec]:
@@ -281,9 +284,12 @@ def validation_predictions(predictor: Predictor, frame: pd.DataFrame) -> pd.Data
     return pd.concat([table, predicted], axis=1)
 
 
-def train(recipe: Recipe, tables: Tables | None = None) -> TrainResult:
+def train(recipe: Recipe, tables: Tables | None = None, run: TrackedRun | None = None) -> TrainResult:
     """Fine-tune the recipe's encoder (`prepare`, then `fit`) and write the best weights as a bundle in `output.dir`,
     with `training_curves.png` inside.
+
+    The run is recorded in the recipe's tracking store (`tracking`), or in `run` (a cv fold's); tracking failures
+    only warn.
 
     Raises:
         TexttuneError: bad data or configuration, before any training starts.
@@ -304,8 +310,18 @@ def train(recipe: Recipe, tables: Tables | None = None) -> TrainResult:
             "training.stages replace training.epochs: %g epochs in all", sum(s.epochs for s in recipe.training.stages)
         )
     prepared = prepare(recipe, tables)
-    result = fit(prepared)
-    seconds = time.perf_counter() - started
+    with contextlib.nullcontext(run) if run is not None else start_run(recipe, "train") as tracked:
+        tracked.log_params(recipe_params(recipe, prepared.spec))
+        result = fit(prepared, callbacks=[TrackingCallback(tracked)] if tracked.active else [])
+        seconds = time.perf_counter() - started
+        _write_bundle(recipe, prepared, result, seconds)
+        version = record_bundle(tracked, output, prepared.spec)
+    logger.info("bundle written to %s", output)
+    return TrainResult(output, result.metrics, prepared.baseline, seconds, version)
+
+
+def _write_bundle(recipe: Recipe, prepared: Prepared, result: Fit, seconds: float) -> None:
+    """The bundle in `output.dir`, with its report, curves and validation predictions."""
     info = BundleInfo(
         task=prepared.spec,
         text_columns=tuple(recipe.data.text_columns),
@@ -332,6 +348,4 @@ def train(recipe: Recipe, tables: Tables | None = None) -> TrainResult:
         "training_curves.png": plots.training_curves(result.train_log, result.history, metric, result.stage_starts),
         VALID_PREDICTIONS: predictions.to_csv(index=False).encode(),
     }
-    save_bundle(output, prepared.model, prepared.tokenizer, info, report, recipe.to_dict(), extra_files)
-    logger.info("bundle written to %s", output)
-    return TrainResult(bundle=output, metrics=result.metrics, baseline=prepared.baseline, seconds=seconds)
+    save_bundle(recipe.output.dir, prepared.model, prepared.tokenizer, info, report, recipe.to_dict(), extra_files)

@@ -9,10 +9,10 @@ import sys
 
 from texttune import __version__
 from texttune._malloc import reexecute_with_tcmalloc
-from texttune.cli import cv, lr_find, predict, train
+from texttune.cli import cv, lr_find, predict, runs, train
 from texttune.errors import TexttuneError
 
-COMMANDS = (train, cv, lr_find, predict)
+COMMANDS = (train, cv, lr_find, predict, runs)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,9 @@ def _positive(value: str) -> int:
 def register(subcommands: argparse._SubParsersAction) -> None:
     parser = subcommands.add_parser("predict", help="predict a table or one text with a trained bundle")
     parser.add_argument(
-        "bundle", help="bundle written by `texttune train`, or a `texttune cv` run (its folds averaged)"
+        "bundle",
+        help="bundle written by `texttune train`, a `texttune cv` run (its folds averaged), or a registered "
+        "version: models:/NAME@best, models:/NAME@latest, models:/NAME/3",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="table to predict (CSV, TSV, Parquet, JSONL; .zip/.gz)")
@@ -26,6 +28,10 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", help="submission CSV to write (with --input)")
     parser.add_argument("--sep", help="field separator of --input when not implied by its suffix")
     parser.add_argument("--batch-size", type=_positive, default=64, help="texts per forward pass (64)")
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow store of a models:/ bundle (default: $MLFLOW_TRACKING_URI, else sqlite:///texttune-runs/mlflow.db)",
+    )
     parser.set_defaults(run=run, parser=parser)
 
 
@@ -34,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error("--input needs --output, the submission CSV to write")
     from texttune.predictor import Predictor
 
-    predictor = Predictor.load(args.bundle, batch_size=args.batch_size, progress=args.input is not None)
+    predictor = Predictor.load(
+        args.bundle, tracking_uri=args.tracking_uri, batch_size=args.batch_size, progress=args.input is not None
+    )
     if args.text is not None:
         print(json.dumps(predictor.predict_text(args.text), indent=2))
         return 0

@@ -1,0 +1,142 @@
+"""The MLflow backend: an embedded SQLite store by default, or any tracking server.
+
+The embedded store is `texttune-runs/mlflow.db` with the artifacts in `texttune-runs/mlartifacts/`, created on
+first use: nothing to start, and `mlflow ui --backend-store-uri sqlite:///texttune-runs/mlflow.db` browses it.
+Runs are written through `MlflowClient` with explicit run ids, not the fluent API's global active run, so a cv
+parent and its fold runs can be open together and nothing leaks into a user's own MLflow runs.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from texttune.config import TrackingConfig
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_URI = "sqlite:///texttune-runs/mlflow.db"
+ROLE_TAG = "texttune.role"  # model (a train bundle), fold (one cv fold) or ensemble (a cv run's manifest)
+SCORE_TAG = "texttune.score"
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    """The store to use: `uri`, else $MLFLOW_TRACKING_URI, else the embedded SQLite store."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or EMBEDDED_URI
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (relative to the current directory unless absolute), else None."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def client(uri: str) -> Any:
+    """An `MlflowClient` on `uri` for runs and the model registry, quiet and quick to give up on a dead server."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # the default retries for minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # we log the run's address once
+    for noisy in ("mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _experiment_id(mlflow: Any, uri: str, name: str) -> str:
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    database = sqlite_path(uri)
+    location = None  # a server chooses where its artifacts go
+    if database is not None:  # beside the database, not in ./mlruns of whatever directory we run in
+        location = (database.parent.resolve() / "mlartifacts" / quote(name, safe="")).as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def start(config: TrackingConfig, name: str, tags: Mapping[str, str]) -> MlflowRun:
+    """Open a top-level run named `name` in the experiment `config.experiment`, creating store and experiment."""
+    uri = tracking_uri(config.uri)
+    database = sqlite_path(uri)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    mlflow = client(uri)
+    experiment = _experiment_id(mlflow, uri, config.experiment)
+    run_tags = {**{tag: "" for tag in config.tags}, **tags}
+    if config.group:
+        run_tags["group"] = config.group
+    run = MlflowRun(mlflow, uri, experiment, name, run_tags)
+    logger.info("tracking: %s run '%s' (%s) in %s", tags.get("texttune.kind"), name, run.run_id, run.where)
+    return run
+
+
+class MlflowRun:
+    """One MLflow run; `child` runs carry `mlflow.parentRunId`, so the UI nests them under this one."""
+
+    def __init__(self, mlflow: Any, uri: str, experiment: str, name: str, tags: Mapping[str, str]) -> None:
+        self.mlflow, self.uri, self.experiment, self.tags = mlflow, uri, experiment, dict(tags)
+        self.where = str(sqlite_path(uri) or uri)
+        user = {"mlflow.user": getpass.getuser(), "mlflow.source.name": "texttune"}
+        run = mlflow.create_run(experiment, run_name=name, tags={**user, **self.tags})
+        self.run_id, self.artifact_uri = run.info.run_id, run.info.artifact_uri
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(key, value[:6000]) for key, value in params.items()]
+        for start in range(0, len(items), 100):  # the store takes 100 parameters per call
+            self.mlflow.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.mlflow.log_batch(self.run_id, metrics=[Metric(k, v, now, step or 0) for k, v in metrics.items()])
+
+    def log_artifacts(self, directory: Path, path: str | None) -> None:
+        self.mlflow.log_artifacts(self.run_id, str(directory), path)
+
+    def log_model(
+        self, directory: Path, path: str, name: str, tags: Mapping[str, str], best: tuple[float, bool] | None
+    ) -> str:
+        from mlflow.exceptions import MlflowException
+
+        self.log_artifacts(directory, path)
+
+        try:
+            self.mlflow.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        source = f"{self.artifact_uri}/{path}"
+        tags = {**tags, **({SCORE_TAG: repr(best[0])} if best else {})}
+        version = self.mlflow.create_model_version(name, source=source, run_id=self.run_id, tags=tags).version
+        if best is not None and self._beats_best(name, *best):
+            self.mlflow.set_registered_model_alias(name, "best", version)
+        logger.info("tracking: registered %s as models:/%s/%s", path, name, version)
+        return f"models:/{name}/{version}"
+
+    def _beats_best(self, name: str, score: float, greater_is_better: bool) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            holder = self.mlflow.get_model_version_by_alias(name, "best")
+        except MlflowException:  # no best yet
+            return True
+        previous = holder.tags.get(SCORE_TAG)
+        if previous is None:
+            return True
+        return score > float(previous) if greater_is_better else score < float(previous)
+
+    def child(self, name: str, tags: Mapping[str, str]) -> MlflowRun:
+        return MlflowRun(
+            self.mlflow, self.uri, self.experiment, name, {**self.tags, **tags, "mlflow.parentRunId": self.run_id}
+        )
+
+    def finish(self, status: str) -> None:
+        self.mlflow.set_terminated(self.run_id, status)

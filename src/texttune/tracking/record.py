@@ -1,0 +1,135 @@
+"""What texttune records, whatever the store: the resolved recipe, a bundle, a cv run, an LR range test.
+
+The local files stay the source of truth; these functions copy what a person compares across runs (parameters,
+final metrics, plots, reports) and the models themselves into the run, reading them back from the files written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from texttune import __version__
+from texttune.bundle import ENSEMBLE_FILE
+from texttune.config import Recipe
+from texttune.metrics import best_metric
+from texttune.task import TaskSpec
+from texttune.tracking.run import TrackedRun
+
+# files of a bundle or a cv run worth seeing next to the run; the weights go in as a model version instead
+BUNDLE_FILES = ("training_curves.png", "metrics.json", "recipe.yaml", "texttune.json", "valid_predictions.csv")
+CV_FILES = ("cv_report.json", "oof.csv", "folds.csv", "oof_confusion_matrix.png", "oof_predicted_vs_true.png")
+
+
+def recipe_params(recipe: Recipe, spec: TaskSpec | None = None) -> dict[str, str]:
+    """The recipe as flat `section.key` parameters, with `auto` task choices resolved, and the library versions."""
+    params: dict[str, str] = {}
+    for section, values in recipe.to_dict().items():
+        for key, value in values.items():
+            params[f"{section}.{key}"] = value if isinstance(value, str) else json.dumps(value)
+    if spec is not None:
+        params["task.type"] = spec.kind
+    versions = {"texttune": __version__, "transformers": transformers.__version__, "torch": torch.__version__}
+    return {**params, **{f"version.{name}": value for name, value in versions.items()}}
+
+
+def _prefixed(prefix: str, metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {f"{prefix}{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+@contextmanager
+def _selection(directory: Path, names: Sequence[str]) -> Iterator[Path]:
+    """A temporary folder with copies of those of `names` that exist in `directory`."""
+    with tempfile.TemporaryDirectory(prefix=".texttune-tracking-") as staging:
+        for name in names:
+            if (directory / name).is_file():
+                shutil.copyfile(directory / name, Path(staging) / name)
+        yield Path(staging)
+
+
+def _replay(run: TrackedRun, report: Mapping[str, Any]) -> None:
+    """Log a bundle's training and evaluation history, for a run that did not see its training live."""
+    for entry in report.get("train_log", []):
+        scores = {k: entry[k] for k in ("loss", "grad_norm") if k in entry}
+        rate = {"learning_rate": entry["learning_rate"]} if "learning_rate" in entry else {}
+        run.log_metrics({**_prefixed("train_", scores), **rate, "epoch": entry["epoch"]}, step=entry["step"])
+    for entry in report.get("history", []):
+        scores = {k: v for k, v in entry.items() if k not in ("stage", "step", "epoch")}
+        run.log_metrics({**_prefixed("valid_", scores), "epoch": entry["epoch"]}, step=entry["step"])
+
+
+def record_bundle(run: TrackedRun, bundle: str | Path, spec: TaskSpec, replay: bool = False) -> str | None:
+    """Record a bundle written by `train`: final metrics (`best_*`, `baseline_*`), its plot and reports, and the
+    bundle as a new model version (role `model`, or `fold` in a cv run). Returns the version's reference.
+
+    `replay` also logs the training history from its metrics.json (a fold trained before a cv run resumed).
+    """
+    bundle = Path(bundle)
+    report = json.loads((bundle / "metrics.json").read_text())
+    if replay:
+        _replay(run, report)
+    summary = {**_prefixed("best_", report.get("valid", {})), **_prefixed("baseline_", report.get("baseline", {}))}
+    run.log_metrics({**summary, "train_rows": report.get("train_rows"), "seconds": report.get("seconds")})
+    with _selection(bundle, BUNDLE_FILES) as files:
+        run.log_artifacts(files)
+    metric = best_metric(spec)[0]
+    score = report.get("valid", {}).get(metric)
+    tags = {
+        "texttune.role": "fold" if run.kind == "fold" else "model",
+        "texttune.metric": metric,
+        **({"texttune.score": repr(score)} if score is not None else {}),
+        **run.tags,
+    }
+    return run.log_model(bundle, "bundle", tags)
+
+
+def record_cv(
+    run: TrackedRun,
+    directory: str | Path,
+    report: Mapping[str, Any],
+    spec: TaskSpec,
+    sources: Mapping[str, str | None],
+) -> str | None:
+    """Record a finished cv run: out-of-fold metrics (`oof_*`), the per-fold scores (`fold_<metric>` at step K),
+    the report, OOF table and plot, and the ensemble manifest as a model version that points at the folds'
+    versions (`sources`: member -> reference). The version becomes `best` when its OOF score beats the best one.
+    """
+    directory, (metric, greater_is_better) = Path(directory), best_metric(spec)
+    for fold in report["per_fold"]:
+        run.log_metrics({f"fold_{metric}": fold[metric]}, step=fold["fold"])
+    run.log_metrics(
+        {
+            **_prefixed("oof_", report["oof"]),
+            f"fold_mean_{metric}": report["fold_mean"],
+            f"fold_std_{metric}": report["fold_std"],
+        }
+    )
+    with _selection(directory, CV_FILES) as files:
+        run.log_artifacts(files)
+    if not all(sources.values()):
+        return None  # a fold is not registered (log_models off, or the store failed): no ensemble to point at
+    manifest = json.loads((directory / ENSEMBLE_FILE).read_text())
+    score = report["oof"][metric]
+    with tempfile.TemporaryDirectory(prefix=".texttune-tracking-") as staging:
+        (Path(staging) / ENSEMBLE_FILE).write_text(json.dumps({**manifest, "sources": dict(sources)}, indent=2))
+        tags = {"texttune.role": "ensemble", "texttune.metric": metric, "texttune.folds": str(len(sources))}
+        return run.log_model(staging, "ensemble", tags, best=(score, greater_is_better))
+
+
+def record_lr_find(run: TrackedRun, result: Any, plot: str | Path | None) -> None:
+    """Record an LR range test: the sweep per step, the suggestions, and its plot with the curve's data."""
+    for step, (rate, loss, smoothed) in enumerate(zip(result.rates, result.losses, result.smoothed)):
+        run.log_metrics({"lr_find_rate": rate, "lr_find_loss": loss, "lr_find_smoothed_loss": smoothed}, step=step)
+    run.log_metrics({**_prefixed("suggested_", result.suggestions), "fine_tuning_start": result.fine_tuning})
+    if plot is not None:
+        plot = Path(plot)
+        with _selection(plot.parent, [plot.name, plot.with_suffix(".json").name]) as files:
+            run.log_artifacts(files)

@@ -57,17 +57,17 @@ def test_resume_after_a_crash_in_fold_2_gives_the_same_report(write_recipe, tmp_
     recipe = _recipe(write_recipe, tmp_path, "crashed")
     original = texttune.cv.train
 
-    def crash_in_fold_2(fold_recipe, tables):
+    def crash_in_fold_2(fold_recipe, tables, **kwargs):
         if fold_recipe.output.dir.name == "fold-2":
             raise KeyboardInterrupt  # killed while training fold 2
-        return original(fold_recipe, tables)
+        return original(fold_recipe, tables, **kwargs)
 
     monkeypatch.setattr(texttune.cv, "train", crash_in_fold_2)
     with pytest.raises(KeyboardInterrupt):
         run_cv(recipe)
     assert not (recipe.output.dir / "fold-2").exists() and (recipe.output.dir / "fold-1" / "texttune.json").is_file()
     trained = []
-    monkeypatch.setattr(texttune.cv, "train", lambda r, t: trained.append(r.output.dir.name) or original(r, t))
+    monkeypatch.setattr(texttune.cv, "train", lambda r, t, **k: trained.append(r.output.dir.name) or original(r, t, **k))
     resumed = run_cv(recipe).report
     assert trained == ["fold-2"]  # complete folds are skipped
     assert _metrics(resumed) == _metrics(clean)

@@ -41,9 +41,10 @@ def client(uri: str) -> Any:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # the default retries for minutes
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # we log the run's address once
-    for noisy in ("mlflow", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     from mlflow import MlflowClient
+
+    for noisy in ("mlflow", "alembic"):  # after the import, which sets mlflow's own level
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 

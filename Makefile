@@ -21,8 +21,9 @@ demo: $(VENV)/.installed
 	$(PY) examples/make_demo_data.py demo
 	$(VENV)/bin/texttune train examples/demo.yaml
 	$(VENV)/bin/texttune cv examples/demo.yaml --set cv.folds=3 --set output.dir=demo/cv
-	$(VENV)/bin/texttune predict demo/cv --input demo/test.csv --output demo/submission.csv
+	$(VENV)/bin/texttune predict models:/demo@latest --input demo/test.csv --output demo/submission.csv
 	$(VENV)/bin/texttune predict demo/model --text "A warm, funny and moving film."
+	$(VENV)/bin/texttune runs --limit 3
 
 test: $(VENV)/.installed
 	$(VENV)/bin/pytest -q

@@ -67,7 +67,9 @@ def test_resume_after_a_crash_in_fold_2_gives_the_same_report(write_recipe, tmp_
         run_cv(recipe)
     assert not (recipe.output.dir / "fold-2").exists() and (recipe.output.dir / "fold-1" / "texttune.json").is_file()
     trained = []
-    monkeypatch.setattr(texttune.cv, "train", lambda r, t, **k: trained.append(r.output.dir.name) or original(r, t, **k))
+    monkeypatch.setattr(
+        texttune.cv, "train", lambda r, t, **k: trained.append(r.output.dir.name) or original(r, t, **k)
+    )
     resumed = run_cv(recipe).report
     assert trained == ["fold-2"]  # complete folds are skipped
     assert _metrics(resumed) == _metrics(clean)

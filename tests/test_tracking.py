@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import json
-import re
 import logging
+import re
 import shutil
 import socket
 import subprocess
@@ -24,6 +24,8 @@ from texttune.cli.main import main
 from texttune.cv import run_cv
 from texttune.errors import TexttuneError
 from texttune.lr_find import lr_find
+from texttune.task import TaskSpec
+from texttune.tracking import record_cv, start_run
 
 from .wandb_records import read_records
 
@@ -268,3 +270,46 @@ def test_offline_wandb_writes_the_runs_their_group_and_fold_artifacts(
     curves = list((tmp_path / "wandb").glob("offline-run-*/files/training_curves.png"))
     assert len(curves) == 2 and (result.run / "cv_report.json").is_file()
     shutil.rmtree(tmp_path / "wandb")
+
+
+@pytest.mark.parametrize(("kind", "scores", "best_after"), [("regression", [0.5, 0.4, 0.45], 2),
+                                                            ("classification", [0.5, 0.4, 0.6], 3)])  # fmt: skip
+def test_best_is_the_ensemble_with_the_best_oof_score(kind, scores, best_after, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (tmp_path / "model.yaml").write_text("data:\n  train: train.csv\n")  # a recipe named model; nothing is read
+    recipe = load_recipe(tmp_path / "model.yaml", ["tracking.backend=mlflow", f"tracking.uri={uri}"])
+    spec = TaskSpec(
+        kind, ("score",) if kind == "regression" else ("label",), () if kind == "regression" else ("a", "b")
+    )
+    metric = "mcrmse" if kind == "regression" else "accuracy"
+    (tmp_path / "texttune-ensemble.json").write_text(json.dumps({"format_version": 1, "members": ["fold-0"]}))
+    for score in scores:
+        report = {"per_fold": [{"fold": 0, metric: score}], "oof": {metric: score}, "fold_mean": score, "fold_std": 0}
+        with start_run(recipe, "cv") as run:
+            assert record_cv(run, tmp_path, report, spec, {"fold-0": "models:/x/1"}).startswith("models:/")
+    assert str(MlflowClient(uri, uri).get_model_version_by_alias("model", "best").version) == str(best_after)
+
+
+_FIRST_SESSION = """
+import sys
+from texttune import Predictor, load_recipe, train
+bundle = train(load_recipe(sys.argv[1], sys.argv[3:])).bundle
+Predictor.load("models:/tiny/1", tracking_uri=sys.argv[2]).predict(["a"])  # now in the cache
+"""
+
+
+def test_a_wiped_store_never_serves_a_cached_model_of_the_old_one(write_recipe, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    overrides = ["tracking.backend=mlflow", f"tracking.uri={uri}", "tracking.name=tiny"]
+    first = write_recipe("classification", rows=30, training={"epochs": 1, "seed": 1})
+    # another process, as stores are wiped between sessions (MLflow keeps a store's tables in memory per process)
+    subprocess.run([sys.executable, "-c", _FIRST_SESSION, str(first), uri, *overrides], check=True)
+    old_bundle = tmp_path / "old-bundle"
+    shutil.move(load_recipe(first).output.dir, old_bundle)
+    shutil.rmtree(tmp_path / "store")
+    second = load_recipe(write_recipe("classification", rows=30, training={"epochs": 1, "seed": 2}), overrides)
+    bundle = train(second).bundle
+    texts = ["good great film", "awful dull plot"]
+    fetched = Predictor.load("models:/tiny/1", tracking_uri=uri).predict(texts)
+    assert fetched.equals(Predictor.load(bundle).predict(texts))
+    assert not fetched.equals(Predictor.load(old_bundle).predict(texts))

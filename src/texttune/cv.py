@@ -187,7 +187,7 @@ def run_cv(recipe: Recipe, force: bool = False) -> CVResult:
     with atomic_file(run / "folds.csv") as staging:
         assignment.to_csv(staging, index=False)
     with start_run(recipe, "cv") as tracked:
-        tracked.log_params({**recipe_params(recipe, spec), "cv.run_dir": str(run)})
+        tracked.log_params(recipe_params(recipe, spec))
         sources: dict[str, str | None] = {}  # fold -> its registered model version
         for fold in range(recipe.cv.folds):
             fold_dir = run / f"fold-{fold}"

@@ -3,7 +3,7 @@
 URIs are MLflow's: `models:/NAME/VERSION` or `models:/NAME@ALIAS`. MLflow reserves the alias `latest`, so texttune
 reads `@latest` (and `/latest`) itself: the newest version that predicts on its own, a trained model or a cv
 ensemble, not a single fold. A version is immutable, so the cache (`$TEXTTUNE_CACHE`, else
-`~/.cache/texttune`) keeps it by store, name and version, and an alias is resolved anew each time. An ensemble
+`~/.cache/texttune`) keeps it by store, name, version and run, and an alias is resolved anew each time. An ensemble
 version holds only its manifest; its folds are fetched from the versions it names, into the same folder, which
 then reads like the cv run directory it came from.
 """
@@ -98,7 +98,8 @@ def fetch_model(uri: str, tracking: str | None = None) -> Path:
     name = match["name"]
     found = _resolve(mlflow, uri, name, match["version"], match["alias"])
     store_key = hashlib.sha256(str(database.resolve() if database else store).encode()).hexdigest()[:12]
-    folder = cache_root() / "models" / store_key / name / str(found.version)
+    # a version number is reused when a store is wiped and filled again; its run id is not
+    folder = cache_root() / "models" / store_key / name / f"{found.version}-{found.run_id}"
     if (folder / BUNDLE_FILE).is_file() or (folder / ENSEMBLE_FILE).is_file():
         return folder
     with atomic_directory(folder) as staging:

@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import logging
 import math
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -148,7 +149,7 @@ def start_run(recipe: Recipe, kind: str) -> TrackedRun:
         ...     run.log_metrics({"loss": 0.5}, step=1)
     """
     config, name = recipe.tracking, run_name(recipe)
-    if config.backend == "none":
+    if config.backend == "none" or int(os.environ.get("RANK", "0")) != 0:  # one record per distributed job
         return TrackedRun(None, kind, name, config)
     tags = {"texttune.kind": kind, "job_type": config.job_type or kind}
     try:

@@ -116,8 +116,9 @@ def test_cv_records_a_parent_run_its_folds_and_versions_that_predict_like_the_ru
     local, registered = tmp_path / "local.csv", tmp_path / "registered.csv"
     assert main(["-q", "predict", str(result.run), "--input", str(texts), "--output", str(local)]) == 0
     arguments = ["--input", str(texts), "--output", str(registered), "--tracking-uri", uri]
-    assert main(["-q", "predict", f"models:/{name}@latest", *arguments]) == 0
-    assert pd.read_csv(registered).equals(pd.read_csv(local))  # row for row, every digit
+    for alias in ("latest", "best"):
+        assert main(["-q", "predict", f"models:/{name}@{alias}", *arguments]) == 0
+        assert pd.read_csv(registered).equals(pd.read_csv(local))  # row for row, every digit
     assert len(pd.read_csv(local)) == 40
     sample = ["good great film", "awful dull plot"]
     fold_0 = Predictor.load(f"models:/{name}/{folds[0].version}", tracking_uri=uri).predict(sample)
@@ -176,6 +177,9 @@ def test_a_resumed_cv_records_the_folds_it_did_not_train(write_recipe, tmp_path:
         assert [m.value for m in history] == pytest.approx([e["mcrmse"] for e in report["history"]])
     roles = sorted(v.tags["texttune.role"] for v in client.search_model_versions("name = 'resumed'"))
     assert roles == ["ensemble", "fold", "fold"]
+    run_cv(recipe)  # once more: the same weights and manifest are not uploaded again
+    assert len(client.search_model_versions("name = 'resumed'")) == 3
+    assert len(client.search_runs(["1"], filter_string="tags.`texttune.kind` = 'cv'")) == 2
 
 
 def test_an_unreachable_or_unwritable_store_only_warns(write_recipe, tmp_path: Path, caplog) -> None:
@@ -282,8 +286,9 @@ def test_best_is_the_ensemble_with_the_best_oof_score(kind, scores, best_after, 
         kind, ("score",) if kind == "regression" else ("label",), () if kind == "regression" else ("a", "b")
     )
     metric = "mcrmse" if kind == "regression" else "accuracy"
-    (tmp_path / "texttune-ensemble.json").write_text(json.dumps({"format_version": 1, "members": ["fold-0"]}))
     for score in scores:
+        manifest = {"format_version": 1, "members": ["fold-0"], "oof": {metric: score}}
+        (tmp_path / "texttune-ensemble.json").write_text(json.dumps(manifest))
         report = {"per_fold": [{"fold": 0, metric: score}], "oof": {metric: score}, "fold_mean": score, "fold_std": 0}
         with start_run(recipe, "cv") as run:
             assert record_cv(run, tmp_path, report, spec, {"fold-0": "models:/x/1"}).startswith("models:/")
@@ -313,3 +318,56 @@ def test_a_wiped_store_never_serves_a_cached_model_of_the_old_one(write_recipe, 
     fetched = Predictor.load("models:/tiny/1", tracking_uri=uri).predict(texts)
     assert fetched.equals(Predictor.load(bundle).predict(texts))
     assert not fetched.equals(Predictor.load(old_bundle).predict(texts))
+
+
+def test_a_manifest_from_the_store_cannot_reach_outside_its_folder(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (tmp_path / "model.yaml").write_text("data:\n  train: train.csv\n")
+    recipe = load_recipe(tmp_path / "model.yaml", ["tracking.backend=mlflow", f"tracking.uri={uri}"])
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "texttune-ensemble.json").write_text(json.dumps({"format_version": 1, "members": ["../../evil"]}))
+    report = {"per_fold": [{"fold": 0, "mcrmse": 0.5}], "oof": {"mcrmse": 0.5}, "fold_mean": 0.5, "fold_std": 0}
+    with start_run(recipe, "cv") as run:
+        record_cv(run, run_dir, report, TaskSpec("regression", ("score",)), {"../../evil": "models:/model/1"})
+    with pytest.raises(TexttuneError, match="is not a registered fold of 'model'"):
+        Predictor.load("models:/model@best", tracking_uri=uri)
+    assert not (tmp_path / "evil").exists()
+    with pytest.raises(TexttuneError, match="is not a folder name inside"):
+        Predictor.load(run_dir)
+
+
+class _Recorder:
+    """A backend that keeps what it is given, and fails on demand."""
+
+    where = "memory"
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, float] = {}
+        self.status = None
+
+    def log_metrics(self, metrics, step) -> None:
+        self.metrics.update(metrics)
+
+    def log_artifacts(self, directory, path) -> None:
+        raise OSError(30, "Read-only file system")
+
+    def finish(self, status: str) -> None:
+        self.status = status
+
+
+def test_metric_names_are_made_valid_and_a_failing_record_only_warns(tmp_path: Path, caplog) -> None:
+    from texttune.config import TrackingConfig
+    from texttune.tracking import TrackedRun, record_bundle
+
+    backend = _Recorder()
+    run = TrackedRun(backend, "train", "tiny", TrackingConfig())
+    run.log_metrics({"rmse_score (0-5)": 0.5, "nan": float("nan")}, step=1)
+    assert backend.metrics == {"rmse_score _0-5_": 0.5}
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "metrics.json").write_text(json.dumps({"valid": {"mcrmse": 0.4}}))
+    with caplog.at_level(logging.WARNING):
+        assert record_bundle(run, bundle, TaskSpec("regression", ("score",))) is None
+    assert "Read-only file system" in caplog.text and backend.status == "FAILED" and not run.active
+    assert record_bundle(run, tmp_path / "missing", TaskSpec("regression", ("score",))) is None  # inactive: no-op

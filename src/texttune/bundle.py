@@ -141,6 +141,9 @@ def load_ensemble(path: str | Path) -> tuple[list[TextModel], Any, BundleInfo, l
         members = list(manifest["members"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise TexttuneError(f"{path / ENSEMBLE_FILE}: unreadable ensemble manifest ({exc})") from None
+    for member in members:  # folders inside the run directory, never a path out of it
+        if not isinstance(member, str) or Path(member).name != member or member in ("", ".", ".."):
+            raise TexttuneError(f"{path / ENSEMBLE_FILE}: member {member!r} is not a folder name inside {path}")
     loaded = [load_bundle(path / member) for member in members]
     infos = [info for _, _, info in loaded]
 

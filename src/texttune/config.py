@@ -189,7 +189,8 @@ class TrackingConfig(_Section):
     experiment: str = Field("texttune", description="MLflow experiment, or W&B project.")
     name: str | None = Field(
         None,
-        description="Run name and registered model name; None: the recipe file's name (ellipse for ellipse.yaml).",
+        description="Run name and registered model name; None: the recipe file's name (ellipse for ellipse.yaml), "
+        "or for a recipe built in Python the output directory's name.",
     )
     group: str | None = Field(None, description="Group of related runs (W&B group; an MLflow tag).")
     job_type: str | None = Field(None, description="W&B job type; an MLflow tag. None: train, cv, fold or lr-find.")

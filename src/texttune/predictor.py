@@ -68,9 +68,9 @@ class Predictor:
         (with the manifest's weights unless `weights` is given), or a registered version such as
         `models:/ellipse@best` or `models:/ellipse/3`, fetched once from the MLflow store `tracking_uri`
         (None: $MLFLOW_TRACKING_URI, else the embedded `texttune-runs/mlflow.db`) into a local cache."""
-        if str(path).startswith("models:/"):
-            from texttune.tracking.models import fetch_model
+        from texttune.tracking.models import fetch_model, is_model_uri
 
+        if is_model_uri(path):
             path = fetch_model(str(path), tracking_uri)
         if (Path(path) / ENSEMBLE_FILE).is_file():
             models, tokenizer, info, weights = load_ensemble(path)

@@ -16,3 +16,10 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECTION.KEY=VALUE",
         help="override a recipe value (repeatable), e.g. --set training.epochs=2",
     )
+
+
+def positive_int(value: str) -> int:
+    """An argparse type: the option's value as an integer of at least 1."""
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)

@@ -6,13 +6,9 @@ import argparse
 import json
 import logging
 
+from texttune.cli._arguments import positive_int
+
 logger = logging.getLogger(__name__)
-
-
-def _positive(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return int(value)
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -27,7 +23,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     source.add_argument("--text", help="one text; prints JSON")
     parser.add_argument("--output", help="submission CSV to write (with --input)")
     parser.add_argument("--sep", help="field separator of --input when not implied by its suffix")
-    parser.add_argument("--batch-size", type=_positive, default=64, help="texts per forward pass (64)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="texts per forward pass (64)")
     parser.add_argument(
         "--tracking-uri",
         help="MLflow store of a models:/ bundle (default: $MLFLOW_TRACKING_URI, else sqlite:///texttune-runs/mlflow.db)",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from texttune.cli._arguments import positive_int
+
 
 def register(subcommands: argparse._SubParsersAction) -> None:
     parser = subcommands.add_parser(
@@ -14,7 +16,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///texttune-runs/mlflow.db)",
     )
     parser.add_argument("--experiment", default="texttune", help="experiment (the recipes' tracking.experiment)")
-    parser.add_argument("--limit", type=int, default=20, help="newest top-level runs to show (20)")
+    parser.add_argument("--limit", type=positive_int, default=20, help="newest top-level runs to show (20)")
     parser.set_defaults(run=run)
 
 

@@ -9,7 +9,9 @@ parent and its fold runs can be open together and nothing leaks into a user's ow
 from __future__ import annotations
 
 import getpass
+import hashlib
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -24,6 +26,7 @@ logger = logging.getLogger(__name__)
 EMBEDDED_URI = "sqlite:///texttune-runs/mlflow.db"
 ROLE_TAG = "texttune.role"  # model (a train bundle), fold (one cv fold) or ensemble (a cv run's manifest)
 SCORE_TAG = "texttune.score"
+DIGEST_TAG = "texttune.digest"
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -38,8 +41,7 @@ def sqlite_path(uri: str) -> Path | None:
 
 def client(uri: str) -> Any:
     """An `MlflowClient` on `uri` for runs and the model registry, quiet and quick to give up on a dead server."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # the default retries for minutes
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # the default retries a dead server for minutes
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # we log the run's address once
     from mlflow import MlflowClient
 
@@ -50,6 +52,8 @@ def client(uri: str) -> Any:
 
 
 def _experiment_id(mlflow: Any, uri: str, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
@@ -57,7 +61,25 @@ def _experiment_id(mlflow: Any, uri: str, name: str) -> str:
     location = None  # a server chooses where its artifacts go
     if database is not None:  # beside the database, not in ./mlruns of whatever directory we run in
         location = (database.parent.resolve() / "mlartifacts" / quote(name, safe="")).as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    # MLflow 3's UI opens an experiment as a GenAI one unless told it is model training
+    kind = {"mlflow.experimentKind": "custom_model_development"}
+    try:
+        return mlflow.create_experiment(name, artifact_location=location, tags=kind)
+    except MlflowException as exc:  # another process created it first
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def digest(directory: Path) -> str:
+    """A content hash of a folder's files, so that registering the same weights twice reuses their version."""
+    total = hashlib.sha256()
+    for file in sorted(p for p in directory.rglob("*") if p.is_file()):
+        total.update(str(file.relative_to(directory)).encode() + b"\0")
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):  # noqa: B023 - used at once
+                total.update(chunk)
+    return total.hexdigest()
 
 
 def start(config: TrackingConfig, name: str, tags: Mapping[str, str]) -> MlflowRun:
@@ -105,34 +127,45 @@ class MlflowRun:
     def log_model(
         self, directory: Path, path: str, name: str, tags: Mapping[str, str], best: tuple[float, bool] | None
     ) -> str:
+        """Register `directory` as a new version, unless a version of `name` already holds the same files (a cv
+        run resumed or run again): then that version is reused and nothing is uploaded twice."""
         from mlflow.exceptions import MlflowException
 
-        self.log_artifacts(directory, path)
-
+        content = digest(directory)
         try:
             self.mlflow.create_registered_model(name)
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        source = f"{self.artifact_uri}/{path}"
-        tags = {**tags, **({SCORE_TAG: repr(best[0])} if best else {})}
-        version = self.mlflow.create_model_version(name, source=source, run_id=self.run_id, tags=tags).version
-        if best is not None and self._beats_best(name, *best):
-            self.mlflow.set_registered_model_alias(name, "best", version)
-        logger.info("tracking: registered %s as models:/%s/%s", path, name, version)
+        same = [v for v in self.mlflow.search_model_versions(f"name = '{name}'") if v.tags.get(DIGEST_TAG) == content]
+        if same:
+            version = max(same, key=lambda v: int(v.version)).version
+            logger.info("tracking: %s is already registered as models:/%s/%s", path, name, version)
+        else:
+            self.log_artifacts(directory, path)
+            tags = {**tags, DIGEST_TAG: content, **({SCORE_TAG: repr(best[0])} if best else {})}
+            source = f"{self.artifact_uri}/{path}"
+            version = self.mlflow.create_model_version(name, source=source, run_id=self.run_id, tags=tags).version
+            logger.info("tracking: registered %s as models:/%s/%s", path, name, version)
+        if best is not None and self._beats_best(name, best[0], best[1], tags.get("texttune.metric")):
+            self.mlflow.set_registered_model_alias(name, "best", str(version))
         return f"models:/{name}/{version}"
 
-    def _beats_best(self, name: str, score: float, greater_is_better: bool) -> bool:
+    def _beats_best(self, name: str, score: float, greater_is_better: bool, metric: str | None) -> bool:
         from mlflow.exceptions import MlflowException
 
+        if not math.isfinite(score):
+            return False
         try:
             holder = self.mlflow.get_model_version_by_alias(name, "best")
-        except MlflowException:  # no best yet
-            return True
-        previous = holder.tags.get(SCORE_TAG)
-        if previous is None:
-            return True
-        return score > float(previous) if greater_is_better else score < float(previous)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):  # no best yet
+                return True
+            raise
+        previous = float(holder.tags.get(SCORE_TAG, "nan"))
+        if holder.tags.get("texttune.metric") != metric or not math.isfinite(previous):
+            return True  # the name now means another task, or the holder has no usable score
+        return score > previous if greater_is_better else score < previous
 
     def child(self, name: str, tags: Mapping[str, str]) -> MlflowRun:
         return MlflowRun(

@@ -4,6 +4,7 @@ The same records as MLflow, in W&B's terms: the recipe is the run's config, a cv
 group (with job types cv and fold), evaluations are history rows, the final numbers the summary, plots are run
 files and images, and each bundle is a versioned `model` artifact (`NAME` for a model or an ensemble manifest,
 `NAME-fold-K` for folds, as the FB3 recipes do). `WANDB_MODE=offline` writes everything under `wandb/`.
+There is no `best` alias: choosing it means reading the project's earlier scores from the W&B server.
 """
 
 from __future__ import annotations
@@ -74,8 +75,11 @@ class WandbRun:
             f"{name}-fold-{fold}" if fold is not None else name, type="model", metadata={**tags, "path": path}
         )
         artifact.add_dir(str(directory))
-        self.run.log_artifact(artifact)
-        return f"{artifact.name}:latest"  # W&B numbers versions on its server; offline runs get theirs at sync
+        # W&B numbers versions on its server (offline runs get theirs at sync), so an ensemble names its folds by
+        # an alias of this run's own; W&B keeps identical files as one version
+        alias = f"run-{self.run.id}"
+        self.run.log_artifact(artifact, aliases=["latest", alias])
+        return f"{artifact.name}:{alias}"
 
     def child(self, name: str, tags: Mapping[str, str]) -> WandbRun:
         return WandbRun(self.config, uuid.uuid4().hex[:8], f"{self.name}-{name}", self.group, {**self.tags, **tags})

@@ -14,15 +14,17 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from texttune._io import atomic_directory
 from texttune.bundle import BUNDLE_FILE, ENSEMBLE_FILE
 from texttune.errors import TexttuneError
 from texttune.tracking._mlflow import ROLE_TAG, client, sqlite_path, tracking_uri
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+|latest)|@(?P<alias>[\w.-]+))/?$")
+_MEMBER = re.compile(r"^fold-\d+$")
 
 
 def is_model_uri(path: str | Path) -> bool:
@@ -33,33 +35,37 @@ def cache_root() -> Path:
     return Path(os.environ.get("TEXTTUNE_CACHE") or Path.home() / ".cache" / "texttune")
 
 
+def _first_line(exc: Exception) -> str:
+    return (getattr(exc, "message", None) or str(exc)).splitlines()[0]
+
+
 def _resolve(mlflow: Any, uri: str, name: str, version: str | None, alias: str | None) -> Any:
     """The model version a URI names, or a one-line error that says what exists."""
     from mlflow.exceptions import MlflowException
 
     try:
         versions = mlflow.search_model_versions(f"name = '{name}'")
+        if not versions:
+            raise TexttuneError(
+                f"{uri}: no registered model '{name}' in this store; `texttune runs` lists what was recorded, "
+                "and --tracking-uri (or MLFLOW_TRACKING_URI) chooses another store"
+            )
+        if alias is None and version != "latest":
+            matches = [v for v in versions if str(v.version) == version]
+            if not matches:
+                numbers = sorted(int(v.version) for v in versions)
+                raise TexttuneError(f"{uri}: '{name}' has no version {version} (versions {numbers[0]}..{numbers[-1]})")
+            return matches[0]
+        if alias is None or alias.lower() == "latest":
+            whole = [v for v in versions if v.tags.get(ROLE_TAG) != "fold"] or versions
+            return max(whole, key=lambda v: int(v.version))
+        aliases = mlflow.get_registered_model(name).aliases  # search results leave a version's aliases out
+        if alias not in aliases:
+            known = ", ".join(sorted({*aliases, "latest"}))
+            raise TexttuneError(f"{uri}: '{name}' has no alias '{alias}' (aliases: {known})")
+        return mlflow.get_model_version(name, aliases[alias])
     except MlflowException as exc:
-        raise TexttuneError(f"{uri}: the model registry is not readable ({exc.message.splitlines()[0]})") from None
-    if not versions:
-        raise TexttuneError(
-            f"{uri}: no registered model '{name}' in this store; `texttune runs` lists what was recorded, "
-            "and --tracking-uri (or MLFLOW_TRACKING_URI) chooses another store"
-        )
-    if alias is None and version != "latest":
-        matches = [v for v in versions if str(v.version) == version]
-        if not matches:
-            numbers = sorted(int(v.version) for v in versions)
-            raise TexttuneError(f"{uri}: '{name}' has no version {version} (versions {numbers[0]}..{numbers[-1]})")
-        return matches[0]
-    if alias is None or alias.lower() == "latest":
-        whole = [v for v in versions if v.tags.get(ROLE_TAG) != "fold"] or versions
-        return max(whole, key=lambda v: int(v.version))
-    for candidate in versions:
-        if alias in candidate.aliases:
-            return candidate
-    known = sorted({a for v in versions for a in v.aliases} | {"latest"})
-    raise TexttuneError(f"{uri}: '{name}' has no alias '{alias}' (aliases: {', '.join(known)})")
+        raise TexttuneError(f"{uri}: the model registry is not readable ({_first_line(exc)})") from None
 
 
 def _download(mlflow: Any, store: str, name: str, version: str, destination: Path) -> None:
@@ -71,6 +77,26 @@ def _download(mlflow: Any, store: str, name: str, version: str, destination: Pat
     get_artifact_repository(source, tracking_uri=store).download_artifacts("", dst_path=str(destination))
 
 
+def _members(uri: str, name: str, staging: Path) -> dict[str, str]:
+    """An ensemble's fold folders and the versions they come from; a manifest is data from the store, so its
+    names must be plain fold folders and its sources numbered versions of the same model."""
+    manifest = json.loads((staging / ENSEMBLE_FILE).read_text())
+    sources, members = manifest.get("sources", {}), manifest.get("members", [])
+    versions = {}
+    for member in members:
+        match = _URI.match(str(sources.get(member, "")))
+        if not _MEMBER.match(str(member)) or match is None or match["name"] != name or not match["version"].isdigit():
+            raise TexttuneError(f"{uri}: the ensemble's member {member!r} is not a registered fold of '{name}'")
+        versions[member] = match["version"]
+    if set(sources) != set(members):
+        raise TexttuneError(f"{uri}: the ensemble's sources do not match its members")
+    return versions
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / BUNDLE_FILE).is_file() or (folder / ENSEMBLE_FILE).is_file()
+
+
 def fetch_model(uri: str, tracking: str | None = None) -> Path:
     """Download the model version `uri` names (once) and return its local folder, a bundle or a cv run.
 
@@ -79,11 +105,13 @@ def fetch_model(uri: str, tracking: str | None = None) -> Path:
         tracking: the MLflow store; None: $MLFLOW_TRACKING_URI, else the embedded `texttune-runs/mlflow.db`.
 
     Raises:
-        TexttuneError: a malformed URI, no such store, model, version or alias.
+        TexttuneError: a malformed URI, no such store, model, version or alias, or files that cannot be fetched.
 
     Example:
         >>> Predictor.load(fetch_model("models:/ellipse@best"))  # what Predictor.load("models:/...") does
     """
+    from mlflow.exceptions import MlflowException
+
     match = _URI.match(uri)
     if match is None:
         raise TexttuneError(f"{uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS, e.g. models:/ellipse@best")
@@ -100,15 +128,22 @@ def fetch_model(uri: str, tracking: str | None = None) -> Path:
     store_key = hashlib.sha256(str(database.resolve() if database else store).encode()).hexdigest()[:12]
     # a version number is reused when a store is wiped and filled again; its run id is not
     folder = cache_root() / "models" / store_key / name / f"{found.version}-{found.run_id}"
-    if (folder / BUNDLE_FILE).is_file() or (folder / ENSEMBLE_FILE).is_file():
+    if _complete(folder):
         return folder
-    with atomic_directory(folder) as staging:
-        _download(mlflow, store, name, found.version, staging)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        _download(mlflow, store, name, str(found.version), staging)
         if (staging / ENSEMBLE_FILE).is_file():
-            sources = json.loads((staging / ENSEMBLE_FILE).read_text()).get("sources", {})
-            for member, source in sources.items():
-                member_match = _URI.match(source)
-                if member_match is None or member_match["name"] != name:
-                    raise TexttuneError(f"{uri}: ensemble member {member} points at {source!r}, not a version")
-                _download(mlflow, store, name, member_match["version"], staging / member)
+            for member, version in _members(uri, name, staging).items():
+                _download(mlflow, store, name, version, staging / member)
+        try:
+            staging.rename(folder)
+        except OSError:  # another process fetched it first: keep theirs, which readers may already use
+            if not _complete(folder):
+                raise
+    except (MlflowException, OSError) as exc:
+        raise TexttuneError(f"{uri}: could not fetch version {found.version} ({_first_line(exc)})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return folder

@@ -56,14 +56,18 @@ def _selection(directory: Path, names: Sequence[str]) -> Iterator[Path]:
 
 
 def _replay(run: TrackedRun, report: Mapping[str, Any]) -> None:
-    """Log a bundle's training and evaluation history, for a run that did not see its training live."""
+    """Log a bundle's training and evaluation history, for a run that did not see its training live; in step order,
+    as stores such as W&B drop steps that go back."""
+    rows: dict[int, dict[str, float]] = {}
     for entry in report.get("train_log", []):
-        scores = {k: entry[k] for k in ("loss", "grad_norm") if k in entry}
+        scores = _prefixed("train_", {k: entry[k] for k in ("loss", "grad_norm") if k in entry})
         rate = {"learning_rate": entry["learning_rate"]} if "learning_rate" in entry else {}
-        run.log_metrics({**_prefixed("train_", scores), **rate, "epoch": entry["epoch"]}, step=entry["step"])
+        rows.setdefault(entry["step"], {}).update({**scores, **rate, "epoch": entry["epoch"]})
     for entry in report.get("history", []):
         scores = {k: v for k, v in entry.items() if k not in ("stage", "step", "epoch")}
-        run.log_metrics({**_prefixed("valid_", scores), "epoch": entry["epoch"]}, step=entry["step"])
+        rows.setdefault(entry["step"], {}).update({**_prefixed("valid_", scores), "epoch": entry["epoch"]})
+    for step in sorted(rows):
+        run.log_metrics(rows[step], step=step)
 
 
 def record_bundle(run: TrackedRun, bundle: str | Path, spec: TaskSpec, replay: bool = False) -> str | None:
@@ -72,7 +76,10 @@ def record_bundle(run: TrackedRun, bundle: str | Path, spec: TaskSpec, replay: b
 
     `replay` also logs the training history from its metrics.json (a fold trained before a cv run resumed).
     """
-    bundle = Path(bundle)
+    return run.attempt(f"the bundle {bundle}", lambda: _record_bundle(run, Path(bundle), spec, replay))
+
+
+def _record_bundle(run: TrackedRun, bundle: Path, spec: TaskSpec, replay: bool) -> str | None:
     report = json.loads((bundle / "metrics.json").read_text())
     if replay:
         _replay(run, report)
@@ -102,7 +109,13 @@ def record_cv(
     the report, OOF table and plot, and the ensemble manifest as a model version that points at the folds'
     versions (`sources`: member -> reference). The version becomes `best` when its OOF score beats the best one.
     """
-    directory, (metric, greater_is_better) = Path(directory), best_metric(spec)
+    return run.attempt(f"the cv run {directory}", lambda: _record_cv(run, Path(directory), report, spec, sources))
+
+
+def _record_cv(
+    run: TrackedRun, directory: Path, report: Mapping[str, Any], spec: TaskSpec, sources: Mapping[str, str | None]
+) -> str | None:
+    metric, greater_is_better = best_metric(spec)
     for fold in report["per_fold"]:
         run.log_metrics({f"fold_{metric}": fold[metric]}, step=fold["fold"])
     run.log_metrics(
@@ -117,15 +130,18 @@ def record_cv(
     if not all(sources.values()):
         return None  # a fold is not registered (log_models off, or the store failed): no ensemble to point at
     manifest = json.loads((directory / ENSEMBLE_FILE).read_text())
-    score = report["oof"][metric]
     with tempfile.TemporaryDirectory(prefix=".texttune-tracking-") as staging:
         (Path(staging) / ENSEMBLE_FILE).write_text(json.dumps({**manifest, "sources": dict(sources)}, indent=2))
         tags = {"texttune.role": "ensemble", "texttune.metric": metric, "texttune.folds": str(len(sources))}
-        return run.log_model(staging, "ensemble", tags, best=(score, greater_is_better))
+        return run.log_model(staging, "ensemble", tags, best=(report["oof"][metric], greater_is_better))
 
 
 def record_lr_find(run: TrackedRun, result: Any, plot: str | Path | None) -> None:
     """Record an LR range test: the sweep per step, the suggestions, and its plot with the curve's data."""
+    run.attempt("the LR range test", lambda: _record_lr_find(run, result, plot))
+
+
+def _record_lr_find(run: TrackedRun, result: Any, plot: str | Path | None) -> None:
     for step, (rate, loss, smoothed) in enumerate(zip(result.rates, result.losses, result.smoothed)):
         run.log_metrics({"lr_find_rate": rate, "lr_find_loss": loss, "lr_find_smoothed_loss": smoothed}, step=step)
     run.log_metrics({**_prefixed("suggested_", result.suggestions), "fine_tuning_start": result.fine_tuning})

@@ -12,6 +12,7 @@ import importlib
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -22,6 +23,7 @@ from texttune.config import Recipe, TrackingConfig
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_METRIC_NAME = re.compile(r"[^\w./ -]")  # what MLflow accepts in metric names
 
 
 class BackendRun(Protocol):
@@ -97,11 +99,20 @@ class TrackedRun:
                     backend.finish("FAILED")
             return None
 
+    def attempt(self, what: str, call: Callable[[], T]) -> T | None:
+        """`call()` under the same policy: skipped once the run records nothing, a warning if it raises (a full
+        temporary disk while copying files for the store must not stop a training whose bundle is written)."""
+        return self._guard(what, lambda _: call())
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._guard("the parameters", lambda run: run.log_params({k: str(v) for k, v in params.items()}))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        finite = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        finite = {
+            _METRIC_NAME.sub("_", k): float(v)  # a target column "score (0-5)" gives rmse_score _0-5_
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and math.isfinite(v)
+        }
         if finite:
             self._guard(f"metrics at step {step}", lambda run: run.log_metrics(finite, step))
 
@@ -137,7 +148,8 @@ class TrackedRun:
 
 
 def run_name(recipe: Recipe) -> str:
-    """The run's and the registered model's name: `tracking.name`, else the output directory's name."""
+    """The run's and the registered model's name: `tracking.name` (which `load_recipe` sets to the recipe file's
+    name), else the output directory's name."""
     return recipe.tracking.name or Path(recipe.output.dir).name
 
 
@@ -149,7 +161,7 @@ def start_run(recipe: Recipe, kind: str) -> TrackedRun:
         ...     run.log_metrics({"loss": 0.5}, step=1)
     """
     config, name = recipe.tracking, run_name(recipe)
-    if config.backend == "none" or int(os.environ.get("RANK", "0")) != 0:  # one record per distributed job
+    if config.backend == "none" or os.environ.get("RANK", "0").strip() not in ("", "0"):  # one per distributed job
         return TrackedRun(None, kind, name, config)
     tags = {"texttune.kind": kind, "job_type": config.job_type or kind}
     try:

@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 from texttune.config import Recipe, TrackingConfig
+from texttune.tracking._mlflow import tracking_uri
 
 logger = logging.getLogger(__name__)
 
@@ -168,10 +169,11 @@ def start_run(recipe: Recipe, kind: str) -> TrackedRun:
         backend = _backend_factory(config.backend)(config, name, tags)
     except Exception as exc:
         logger.warning(
-            "tracking: could not open a %s run in the %s store (%s: %s); this %s is not recorded, training goes on "
-            "and writes its files as usual",
+            "tracking: could not open a %s run in the %s store %s (%s: %s); this %s is not recorded, training goes "
+            "on and writes its files as usual",
             kind,
             config.backend,
+            tracking_uri(config.uri) if config.backend == "mlflow" else config.experiment,
             type(exc).__name__,
             str(exc).splitlines()[0] if str(exc) else "",
             kind,

@@ -1,23 +1,25 @@
 """A screenshot of `mlflow ui` on a texttune store: the runs table with cv runs expanded to their folds and the
 chosen metric columns, as a person would look at it (issue 7).
 
-Needs Chromium (Debian's `chromium`) and Playwright to drive it (`pip install playwright`; no browser download:
-the system Chromium is used). Neither is a texttune dependency.
+Needs Chromium (Debian's `chromium`) and Playwright to drive it (`pip install playwright`, in any environment; no
+browser download: the system Chromium is used). Neither is a texttune dependency; `--mlflow` is the `mlflow`
+command of texttune's environment.
 
-python bench/mlflow_ui_screenshot.py [--store sqlite:///texttune-runs/mlflow.db] [--output mlflow_ui.png]
+python bench/mlflow_ui_screenshot.py --mlflow .venv/bin/mlflow [--store sqlite:///texttune-runs/mlflow.db]
+    [--output mlflow_ui.png]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
-
-from mlflow import MlflowClient
+from urllib.parse import quote
 
 
 def _free_port() -> int:
@@ -26,8 +28,8 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _serve(store: str, port: int) -> subprocess.Popen:
-    command = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", store]
+def _serve(mlflow: str, store: str, port: int) -> subprocess.Popen:
+    command = [mlflow, "ui", "--backend-store-uri", store]
     server = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -47,13 +49,18 @@ def main() -> None:
     parser.add_argument("--output", default="mlflow_ui.png")
     parser.add_argument("--metrics", nargs="+", default=["oof_mcrmse", "best_mcrmse"])
     parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--mlflow", default=str(Path(sys.executable).with_name("mlflow")))
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
-    experiment = MlflowClient(args.store).get_experiment_by_name(args.experiment).experiment_id
     port = _free_port()
-    server = _serve(args.store, port)
+    server = _serve(args.mlflow, args.store, port)
     try:
+        query = (
+            f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name={quote(args.experiment)}"
+        )
+        with urllib.request.urlopen(query, timeout=30) as answer:
+            experiment = json.load(answer)["experiment"]["experiment_id"]
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1600, "height": 900})

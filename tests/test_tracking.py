@@ -160,6 +160,12 @@ def test_models_uris_that_name_nothing_are_one_line_errors(write_recipe, tmp_pat
     error = capsys.readouterr().err
     assert "there is no texttune store at" in error and "Traceback" not in error and len(error.splitlines()) == 1
     assert not (tmp_path / "nowhere.db").exists()  # reading never creates a store
+    for arguments in (["--tracking-uri", missing], ["--tracking-uri", f"http://127.0.0.1:{_free_port()}"]):
+        assert main(["-q", "runs", *arguments]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("texttune: error:") and len(error.splitlines()) == 1
+    with pytest.raises(SystemExit):
+        main(["runs", "--limit", "0"])
 
 
 def test_a_resumed_cv_records_the_folds_it_did_not_train(write_recipe, tmp_path: Path, monkeypatch) -> None:

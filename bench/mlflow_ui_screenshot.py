@@ -71,12 +71,17 @@ def main() -> None:
                 page.locator('[aria-label="Close"]').first.click()
             for expand in page.locator('button[data-component-id$="runnamecellrenderer.tsx_46"]').all():
                 expand.click()  # a cv run's folds, nested under it
-            page.get_by_role("button", name="Columns").click()
+            page.get_by_role("button", name="Columns", exact=True).click()
+            tree = page.get_by_test_id("column-selector-tree")
             for label in ("Dataset", "Models"):
-                page.get_by_role("treeitem", name=label).get_by_role("checkbox").click()
+                tree.get_by_text(label, exact=True).click()
             for metric in args.metrics:
                 page.get_by_placeholder("Search columns").fill(metric)
-                page.get_by_role("treeitem", name=metric, exact=True).get_by_role("checkbox").click()
+                page.wait_for_timeout(500)
+                item = tree.get_by_text(metric, exact=True)
+                if not item.is_visible():
+                    tree.locator('[class*="tree-switcher"]').first.click()  # open the filtered "Metrics (1)"
+                item.click()
             page.keyboard.press("Escape")
             page.wait_for_timeout(1500)
             page.screenshot(path=args.output)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 
 from texttune.cli._arguments import positive_int
 
@@ -36,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error("--input needs --output, the submission CSV to write")
     from texttune.predictor import Predictor
 
+    progress = args.input is not None and not os.environ.get("TQDM_DISABLE")  # `texttune -q` sets it
     predictor = Predictor.load(
-        args.bundle, tracking_uri=args.tracking_uri, batch_size=args.batch_size, progress=args.input is not None
+        args.bundle, tracking_uri=args.tracking_uri, batch_size=args.batch_size, progress=progress
     )
     if args.text is not None:
         print(json.dumps(predictor.predict_text(args.text), indent=2))

@@ -1,8 +1,9 @@
 """What tracking costs a real run: `texttune train` on the demo recipe (MiniLM) with `tracking.backend: none`
 against the default embedded MLflow store (params, live metrics, plots, the 90 MB bundle logged and registered).
 
-Each run is a fresh `texttune` process (import, store opening and all), interleaved, with its own store in a
-scratch folder; medians of --repeats wall-clock seconds and their ratio.
+Each run is a fresh `texttune` process (import, store opening and all), interleaved; the tracked runs share one
+store in a scratch folder, which the first creates, as a user's runs do. Medians of --repeats wall-clock seconds
+and their ratio.
 
 python bench/tracking_overhead.py [--repeats 3] [--workdir /tmp/texttune-tracking-bench]
 """
@@ -26,7 +27,7 @@ def _train(work: Path, backend: str, index: int) -> float:
         f"data.train={work / 'train.csv'}",
         f"output.dir={work / f'{backend}-{index}'}",
         f"tracking.backend={backend}",
-        f"tracking.uri=sqlite:///{work / f'store-{index}' / 'mlflow.db'}",
+        f"tracking.uri=sqlite:///{work / 'store' / 'mlflow.db'}",
     ]
     started = time.perf_counter()
     subprocess.run([*command, *(f"--set={item}" for item in overrides)], check=True, capture_output=True)

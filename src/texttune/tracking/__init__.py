@@ -2,19 +2,28 @@
 
 `start_run` opens a run that can never cost the training; `record` says what goes into it; `TrackingCallback`
 streams the Trainer's logs; `models.fetch_model` brings a registered version back for `Predictor.load`.
+The names load on first use (PEP 562), so `texttune runs` lists a store without importing torch.
 """
 
-from texttune.tracking.callback import TrackingCallback
-from texttune.tracking.record import recipe_params, record_bundle, record_cv, record_lr_find
-from texttune.tracking.run import BACKENDS, TrackedRun, start_run
+from __future__ import annotations
 
-__all__ = [
-    "BACKENDS",
-    "TrackedRun",
-    "TrackingCallback",
-    "recipe_params",
-    "record_bundle",
-    "record_cv",
-    "record_lr_find",
-    "start_run",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BACKENDS": "texttune.tracking.run",
+    "TrackedRun": "texttune.tracking.run",
+    "start_run": "texttune.tracking.run",
+    "TrackingCallback": "texttune.tracking.callback",
+    "recipe_params": "texttune.tracking.record",
+    "record_bundle": "texttune.tracking.record",
+    "record_cv": "texttune.tracking.record",
+    "record_lr_find": "texttune.tracking.record",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'texttune.tracking' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

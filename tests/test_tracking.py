@@ -79,6 +79,7 @@ def test_cv_records_a_parent_run_its_folds_and_versions_that_predict_like_the_ru
     name = f"tiny-{store}"
     recipe = _cv_recipe(write_recipe, tmp_path, {"backend": "mlflow", "uri": uri, "name": name})
     result = run_cv(recipe)
+    assert result.model_version == f"models:/{name}/3"  # after the two folds
 
     client = MlflowClient(uri, uri)
     experiment = client.get_experiment_by_name("texttune").experiment_id

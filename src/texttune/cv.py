@@ -42,11 +42,12 @@ _OUTPUTS = ("folds.csv", "oof.csv", "cv_report.json", "oof_*.png", ENSEMBLE_FILE
 
 @dataclass(frozen=True)
 class CVResult:
-    """The run directory and its report (per-fold and out-of-fold metrics)."""
+    """The run directory, its report (per-fold and out-of-fold metrics) and the ensemble's registered version."""
 
     run: Path
     report: dict[str, Any]
     seconds: float
+    model_version: str | None = None  # e.g. models:/ellipse/6; None without tracking
 
 
 def _settings(recipe: Recipe) -> dict[str, Any]:
@@ -203,8 +204,8 @@ def run_cv(recipe: Recipe, force: bool = False) -> CVResult:
                 tables = (train_rows, valid_rows, fit_to_training_rows(spec, train_rows))
                 sources[fold_dir.name] = train(fold_recipe, tables, run=fold_run).model_version
         report = _finish(run, recipe, spec)
-        record_cv(tracked, run, report, spec, sources)
-    return CVResult(run=run, report=report, seconds=time.perf_counter() - started)
+        version = record_cv(tracked, run, report, spec, sources)
+    return CVResult(run, report, time.perf_counter() - started, version)
 
 
 def _finish(run: Path, recipe: Recipe, spec: TaskSpec) -> dict[str, Any]:

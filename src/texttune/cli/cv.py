@@ -30,4 +30,6 @@ def run(args: argparse.Namespace) -> int:
         f"(folds {report['fold_mean']:.4f} +- {report['fold_std']:.4f}) in {result.seconds / 60:.1f} min; "
         f"report {result.run / 'cv_report.json'}; predict with: texttune predict {result.run} --input ..."
     )
+    if result.model_version:
+        print(f"registered as {result.model_version}: texttune predict {result.model_version} --input ...")
     return 0

@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
         "valid": result.metrics,
         "baseline": result.baseline,
         "seconds": round(result.seconds, 1),
+        "model_version": result.model_version,
     }
     print(json.dumps(summary, indent=2))
     return 0

@@ -5,7 +5,7 @@ Each run is a fresh `texttune` process (import, store opening and all), interlea
 store in a scratch folder, which the first creates, as a user's runs do. Medians of --repeats wall-clock seconds
 and their ratio.
 
-python bench/tracking_overhead.py [--repeats 3] [--workdir /tmp/texttune-tracking-bench]
+python bench/tracking_overhead.py [--repeats 3]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,10 +38,8 @@ def _train(work: Path, backend: str, index: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workdir", default="/tmp/texttune-tracking-bench")
     args = parser.parse_args()
-    work = Path(args.workdir)
-    shutil.rmtree(work, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix="texttune-tracking-bench-"))
     subprocess.run([sys.executable, str(ROOT / "examples" / "make_demo_data.py"), str(work)], check=True)
     seconds: dict[str, list[float]] = {"none": [], "mlflow": []}
     for index in range(args.repeats):
@@ -48,6 +47,7 @@ def main() -> None:
             seconds[backend].append(_train(work, backend, index))
             print(f"run {index}: {backend} {seconds[backend][-1]:.1f} s", flush=True)
     none, tracked = statistics.median(seconds["none"]), statistics.median(seconds["mlflow"])
+    shutil.rmtree(work)
     print(f"median: none {none:.1f} s, mlflow {tracked:.1f} s; tracking costs {tracked - none:+.1f} s "
           f"({tracked / none:.3f}x)")  # fmt: skip
 

@@ -26,6 +26,7 @@ from texttune.errors import TexttuneError
 from texttune.lr_find import lr_find
 from texttune.task import TaskSpec
 from texttune.tracking import record_cv, start_run
+from texttune.tracking.models import cache_root
 
 from .wandb_records import read_records
 
@@ -284,7 +285,8 @@ def test_offline_wandb_writes_the_runs_their_group_and_fold_artifacts(
 
 
 @pytest.mark.parametrize(("kind", "scores", "best_after"), [("regression", [0.5, 0.4, 0.45], 2),
-                                                            ("classification", [0.5, 0.4, 0.6], 3)])  # fmt: skip
+                                                            ("classification", [0.5, 0.4, 0.6], 3),
+                                                            ("regression", [float("nan"), 0.6, 0.7], 2)])  # fmt: skip
 def test_best_is_the_ensemble_with_the_best_oof_score(kind, scores, best_after, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     (tmp_path / "model.yaml").write_text("data:\n  train: train.csv\n")  # a recipe named model; nothing is read
@@ -339,9 +341,17 @@ def test_a_manifest_from_the_store_cannot_reach_outside_its_folder(tmp_path: Pat
         record_cv(run, run_dir, report, TaskSpec("regression", ("score",)), {"../../evil": "models:/model/1"})
     with pytest.raises(TexttuneError, match="is not a registered fold of 'model'"):
         Predictor.load("models:/model@best", tracking_uri=uri)
-    assert not (tmp_path / "evil").exists()
+    cache = cache_root() / "models"
+    assert not list(cache.glob("*/evil")) and not list(cache.glob("*/*/evil"))  # where ../../evil would land
+    assert not list(cache.glob("*/model/.*"))  # no staging folder left behind
     with pytest.raises(TexttuneError, match="is not a folder name inside"):
-        Predictor.load(run_dir)
+        Predictor.load(run_dir)  # the same manifest in a local run directory
+    (run_dir / "texttune-ensemble.json").write_text(json.dumps({"format_version": 1, "members": ["fold-0"]}))
+    with start_run(recipe, "cv") as run:  # a member named by alias: it could move under the ensemble
+        record_cv(run, run_dir, {**report, "oof": {"mcrmse": 0.4}}, TaskSpec("regression", ("score",)),
+                  {"fold-0": "models:/model@champion"})  # fmt: skip
+    with pytest.raises(TexttuneError, match="names no version number"):
+        Predictor.load("models:/model@best", tracking_uri=uri)
 
 
 class _Recorder:
@@ -378,3 +388,20 @@ def test_metric_names_are_made_valid_and_a_failing_record_only_warns(tmp_path: P
         assert record_bundle(run, bundle, TaskSpec("regression", ("score",))) is None
     assert "Read-only file system" in caplog.text and backend.status == "FAILED" and not run.active
     assert record_bundle(run, tmp_path / "missing", TaskSpec("regression", ("score",))) is None  # inactive: no-op
+
+    caplog.clear()
+    active = TrackedRun(_Recorder(), "train", "tiny", TrackingConfig())
+    with caplog.at_level(logging.WARNING):  # the record's own work fails: no metrics.json to read
+        assert record_bundle(active, tmp_path / "missing", TaskSpec("regression", ("score",))) is None
+    assert "FileNotFoundError" in caplog.text and not active.active
+
+    caplog.clear()
+    failing = TrackedRun(_Recorder(), "train", "tiny", TrackingConfig())
+
+    def store_then_body_fail() -> None:
+        failing.log_artifacts(tmp_path)  # the store fails and says so ...
+        raise OSError(28, "No space left on device")  # ... then the record's own work fails too
+
+    with caplog.at_level(logging.WARNING):
+        assert failing.attempt("the bundle", store_then_body_fail) is None
+    assert caplog.text.count("could not record") == 1

@@ -39,6 +39,19 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
+def store_errors() -> tuple[type[BaseException], ...]:
+    """What an unreadable store raises: MLflow's errors (a dead server), the database's (not SQLite, an old
+    schema) and the file system's."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return MlflowException, SQLAlchemyError, OSError
+
+
+def first_line(exc: BaseException) -> str:
+    return ((getattr(exc, "message", None) or str(exc)).splitlines() or [type(exc).__name__])[0]
+
+
 def client(uri: str) -> Any:
     """An `MlflowClient` on `uri` for runs and the model registry, quiet and quick to give up on a dead server."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # the default retries a dead server for minutes
@@ -75,7 +88,7 @@ def digest(directory: Path) -> str:
     """A content hash of a folder's files, so that registering the same weights twice reuses their version."""
     total = hashlib.sha256()
     for file in sorted(p for p in directory.rglob("*") if p.is_file()):
-        total.update(str(file.relative_to(directory)).encode() + b"\0")
+        total.update(f"{file.relative_to(directory)}\0{file.stat().st_size}\0".encode())
         with file.open("rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):  # noqa: B023 - used at once
                 total.update(chunk)
@@ -162,7 +175,10 @@ class MlflowRun:
             if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):  # no best yet
                 return True
             raise
-        previous = float(holder.tags.get(SCORE_TAG, "nan"))
+        try:
+            previous = float(holder.tags.get(SCORE_TAG, "nan"))
+        except ValueError:  # a hand-edited tag
+            previous = math.nan
         if holder.tags.get("texttune.metric") != metric or not math.isfinite(previous):
             return True  # the name now means another task, or the holder has no usable score
         return score > previous if greater_is_better else score < previous

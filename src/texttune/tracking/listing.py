@@ -6,7 +6,7 @@ import datetime
 from dataclasses import dataclass
 
 from texttune.errors import TexttuneError
-from texttune.tracking._mlflow import client, sqlite_path, tracking_uri
+from texttune.tracking._mlflow import client, first_line, sqlite_path, store_errors, tracking_uri
 
 # the metric that sums up a run of each kind, by task
 _KEY_METRICS = {"regression": "mcrmse", "classification": "accuracy"}
@@ -58,17 +58,14 @@ def recent_runs(tracking: str | None = None, experiment: str = "texttune", limit
     database = sqlite_path(store)
     if database is not None and not database.is_file():
         raise TexttuneError(f"no texttune store at {database}: nothing recorded yet, or pass --tracking-uri")
-    from mlflow.exceptions import MlflowException
-
-    mlflow = client(store)
     try:
+        mlflow = client(store)
         found = mlflow.get_experiment_by_name(experiment)
         if found is None:
             raise TexttuneError(f"{store}: no experiment '{experiment}'; pass --experiment with the recipe's one")
         runs = mlflow.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"], max_results=1000)
-    except (MlflowException, OSError) as exc:
-        reason = (getattr(exc, "message", None) or str(exc)).splitlines()[0]
-        raise TexttuneError(f"{store}: the tracking store is not readable ({reason})") from None
+    except store_errors() as exc:
+        raise TexttuneError(f"{store}: the tracking store is not readable ({first_line(exc)})") from None
     children: dict[str, list[object]] = {}
     for run in runs:
         parent = run.data.tags.get("mlflow.parentRunId")

@@ -15,16 +15,16 @@ import json
 import os
 import re
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
 from texttune.bundle import BUNDLE_FILE, ENSEMBLE_FILE
 from texttune.errors import TexttuneError
-from texttune.tracking._mlflow import ROLE_TAG, client, sqlite_path, tracking_uri
+from texttune.tracking._mlflow import ROLE_TAG, client, first_line, sqlite_path, store_errors, tracking_uri
 
-_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+|latest)|@(?P<alias>[\w.-]+))/?$")
-_MEMBER = re.compile(r"^fold-\d+$")
+_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+|latest)|@(?P<alias>[\w.-]+))/?")
+_MEMBER = re.compile(r"fold-\d+")
 
 
 def is_model_uri(path: str | Path) -> bool:
@@ -35,14 +35,8 @@ def cache_root() -> Path:
     return Path(os.environ.get("TEXTTUNE_CACHE") or Path.home() / ".cache" / "texttune")
 
 
-def _first_line(exc: Exception) -> str:
-    return (getattr(exc, "message", None) or str(exc)).splitlines()[0]
-
-
 def _resolve(mlflow: Any, uri: str, name: str, version: str | None, alias: str | None) -> Any:
     """The model version a URI names, or a one-line error that says what exists."""
-    from mlflow.exceptions import MlflowException
-
     try:
         versions = mlflow.search_model_versions(f"name = '{name}'")
         if not versions:
@@ -64,8 +58,8 @@ def _resolve(mlflow: Any, uri: str, name: str, version: str | None, alias: str |
             known = ", ".join(sorted({*aliases, "latest"}))
             raise TexttuneError(f"{uri}: '{name}' has no alias '{alias}' (aliases: {known})")
         return mlflow.get_model_version(name, aliases[alias])
-    except MlflowException as exc:
-        raise TexttuneError(f"{uri}: the model registry is not readable ({_first_line(exc)})") from None
+    except store_errors() as exc:
+        raise TexttuneError(f"{uri}: the model registry is not readable ({first_line(exc)})") from None
 
 
 def _download(mlflow: Any, store: str, name: str, version: str, destination: Path) -> None:
@@ -80,13 +74,18 @@ def _download(mlflow: Any, store: str, name: str, version: str, destination: Pat
 def _members(uri: str, name: str, staging: Path) -> dict[str, str]:
     """An ensemble's fold folders and the versions they come from; a manifest is data from the store, so its
     names must be plain fold folders and its sources numbered versions of the same model."""
-    manifest = json.loads((staging / ENSEMBLE_FILE).read_text())
-    sources, members = manifest.get("sources", {}), manifest.get("members", [])
+    try:
+        manifest = json.loads((staging / ENSEMBLE_FILE).read_text())
+        sources, members = dict(manifest.get("sources", {})), list(manifest.get("members", []))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise TexttuneError(f"{uri}: the ensemble's manifest is unreadable ({first_line(exc)})") from None
     versions = {}
     for member in members:
-        match = _URI.match(str(sources.get(member, "")))
-        if not _MEMBER.match(str(member)) or match is None or match["name"] != name or not match["version"].isdigit():
+        match = _URI.fullmatch(str(sources.get(member, "")))
+        if not _MEMBER.fullmatch(str(member)) or match is None or match["name"] != name:
             raise TexttuneError(f"{uri}: the ensemble's member {member!r} is not a registered fold of '{name}'")
+        if not (match["version"] or "").isdigit():
+            raise TexttuneError(f"{uri}: the ensemble's member {member!r} names no version number")
         versions[member] = match["version"]
     if set(sources) != set(members):
         raise TexttuneError(f"{uri}: the ensemble's sources do not match its members")
@@ -110,9 +109,7 @@ def fetch_model(uri: str, tracking: str | None = None) -> Path:
     Example:
         >>> Predictor.load(fetch_model("models:/ellipse@best"))  # what Predictor.load("models:/...") does
     """
-    from mlflow.exceptions import MlflowException
-
-    match = _URI.match(uri)
+    match = _URI.fullmatch(uri)
     if match is None:
         raise TexttuneError(f"{uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS, e.g. models:/ellipse@best")
     store = tracking_uri(tracking)
@@ -122,8 +119,11 @@ def fetch_model(uri: str, tracking: str | None = None) -> Path:
             f"{uri}: there is no texttune store at {database}; train or cross-validate first, or pass "
             "--tracking-uri (or set MLFLOW_TRACKING_URI) to the store that holds the model"
         )
-    mlflow = client(store)
     name = match["name"]
+    try:
+        mlflow = client(store)
+    except store_errors() as exc:
+        raise TexttuneError(f"{uri}: the model registry is not readable ({first_line(exc)})") from None
     found = _resolve(mlflow, uri, name, match["version"], match["alias"])
     store_key = hashlib.sha256(str(database.resolve() if database else store).encode()).hexdigest()[:12]
     # a version number is reused when a store is wiped and filled again; its run id is not
@@ -131,19 +131,21 @@ def fetch_model(uri: str, tracking: str | None = None) -> Path:
     if _complete(folder):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    staging = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"  # made with the umask, unlike mkdtemp
     try:
         _download(mlflow, store, name, str(found.version), staging)
         if (staging / ENSEMBLE_FILE).is_file():
             for member, version in _members(uri, name, staging).items():
                 _download(mlflow, store, name, version, staging / member)
+        if not _complete(staging):
+            raise TexttuneError(f"{uri}: version {found.version} holds no texttune bundle or ensemble")
         try:
             staging.rename(folder)
         except OSError:  # another process fetched it first: keep theirs, which readers may already use
             if not _complete(folder):
                 raise
-    except (MlflowException, OSError) as exc:
-        raise TexttuneError(f"{uri}: could not fetch version {found.version} ({_first_line(exc)})") from None
+    except store_errors() as exc:
+        raise TexttuneError(f"{uri}: could not fetch version {found.version} ({first_line(exc)})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder

@@ -79,22 +79,25 @@ class TrackedRun:
         return self.backend is not None
 
     def _guard(self, what: str, call: Callable[[BackendRun], T]) -> T | None:
-        if self.backend is None:
+        backend = self.backend
+        if backend is None:
             return None
         try:
-            return call(self.backend)
+            return call(backend)
         except Exception as exc:  # the store's problem is never the training's
+            if self.backend is None:  # a call inside `call` failed first and has said so
+                return None
             logger.warning(
                 "tracking: could not record %s of %s run '%s' in %s (%s: %s); nothing more of this run is recorded "
                 "there, training goes on and the local files are complete",
                 what,
                 self.kind,
                 self.name,
-                self.backend.where,
+                backend.where,
                 type(exc).__name__,
                 str(exc).splitlines()[0] if str(exc) else "",
             )
-            backend, self.backend = self.backend, None
+            self.backend = None
             if what != "the end of the run":
                 with contextlib.suppress(Exception):  # a store that still answers shows the run as failed
                     backend.finish("FAILED")

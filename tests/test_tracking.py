@@ -74,11 +74,18 @@ def _cv_recipe(write_recipe, tmp_path: Path, tracking: dict, run: str = "run"):
 
 @pytest.mark.parametrize("store", ["sqlite", "server"])
 def test_cv_records_a_parent_run_its_folds_and_versions_that_predict_like_the_run_directory(
-    store: str, write_recipe, tmp_path: Path, request, capsys
+    store: str, write_recipe, tmp_path: Path, request, capsys, monkeypatch
 ) -> None:
-    uri = request.getfixturevalue("mlflow_server") if store == "server" else f"sqlite:///{tmp_path / 'mlflow.db'}"
     name = f"tiny-{store}"
-    recipe = _cv_recipe(write_recipe, tmp_path, {"backend": "mlflow", "uri": uri, "name": name})
+    if store == "server":  # chosen by the environment, for the recipe and the commands alike
+        uri = request.getfixturevalue("mlflow_server")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        recipe = _cv_recipe(write_recipe, tmp_path, {"backend": "mlflow", "name": name})
+        choose: list[str] = []
+    else:  # chosen by the recipe and --tracking-uri
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        recipe = _cv_recipe(write_recipe, tmp_path, {"backend": "mlflow", "uri": uri, "name": name})
+        choose = ["--tracking-uri", uri]
     result = run_cv(recipe)
     assert result.model_version == f"models:/{name}/3"  # after the two folds
 
@@ -117,7 +124,7 @@ def test_cv_records_a_parent_run_its_folds_and_versions_that_predict_like_the_ru
     texts = recipe.data.train
     local, registered = tmp_path / "local.csv", tmp_path / "registered.csv"
     assert main(["-q", "predict", str(result.run), "--input", str(texts), "--output", str(local)]) == 0
-    arguments = ["--input", str(texts), "--output", str(registered), "--tracking-uri", uri]
+    arguments = ["--input", str(texts), "--output", str(registered), *choose]
     for alias in ("latest", "best"):
         assert main(["-q", "predict", f"models:/{name}@{alias}", *arguments]) == 0
         assert pd.read_csv(registered).equals(pd.read_csv(local))  # row for row, every digit
@@ -127,7 +134,7 @@ def test_cv_records_a_parent_run_its_folds_and_versions_that_predict_like_the_ru
     assert fold_0.equals(Predictor.load(result.run / "fold-0").predict(sample))
 
     capsys.readouterr()
-    assert main(["runs", "--tracking-uri", uri]) == 0
+    assert main(["runs", *choose]) == 0
     listing = capsys.readouterr().out.splitlines()
     row = next(line for line in listing if f" {name} " in line)
     assert " cv " in row and "regression" in row and "oof_mcrmse" in row and "FINISHED" in row

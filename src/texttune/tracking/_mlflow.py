@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from texttune.config import TrackingConfig
+from texttune.errors import TexttuneError
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,24 @@ def client(uri: str) -> Any:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def open_store(tracking: str | None, context: str) -> tuple[Any, str]:
+    """A client on an existing store for reading, and the store's URI; `context` starts the one-line errors.
+
+    Reading never creates a store: a missing SQLite file is an error, not an empty store.
+    """
+    store = tracking_uri(tracking)
+    database = sqlite_path(store)
+    if database is not None and not database.is_file():
+        raise TexttuneError(
+            f"{context}: there is no texttune store at {database}; train or cross-validate first, or pass "
+            "--tracking-uri (or set MLFLOW_TRACKING_URI) to the store that holds the runs"
+        )
+    try:
+        return client(store), store
+    except store_errors() as exc:
+        raise TexttuneError(f"{context}: the tracking store {store} is not readable ({first_line(exc)})") from None
 
 
 def _experiment_id(mlflow: Any, uri: str, name: str) -> str:

@@ -6,7 +6,7 @@ import datetime
 from dataclasses import dataclass
 
 from texttune.errors import TexttuneError
-from texttune.tracking._mlflow import client, first_line, sqlite_path, store_errors, tracking_uri
+from texttune.tracking._mlflow import first_line, open_store, store_errors
 
 # the metric that sums up a run of each kind, by task
 _KEY_METRICS = {"regression": "mcrmse", "classification": "accuracy"}
@@ -54,12 +54,8 @@ def recent_runs(tracking: str | None = None, experiment: str = "texttune", limit
     Raises:
         TexttuneError: no such store or experiment.
     """
-    store = tracking_uri(tracking)
-    database = sqlite_path(store)
-    if database is not None and not database.is_file():
-        raise TexttuneError(f"no texttune store at {database}: nothing recorded yet, or pass --tracking-uri")
+    mlflow, store = open_store(tracking, "texttune runs")
     try:
-        mlflow = client(store)
         found = mlflow.get_experiment_by_name(experiment)
         if found is None:
             raise TexttuneError(f"{store}: no experiment '{experiment}'; pass --experiment with the recipe's one")

@@ -21,7 +21,7 @@ from typing import Any
 
 from texttune.bundle import BUNDLE_FILE, ENSEMBLE_FILE
 from texttune.errors import TexttuneError
-from texttune.tracking._mlflow import ROLE_TAG, client, first_line, sqlite_path, store_errors, tracking_uri
+from texttune.tracking._mlflow import ROLE_TAG, first_line, open_store, sqlite_path, store_errors
 
 _URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+|latest)|@(?P<alias>[\w.-]+))/?")
 _MEMBER = re.compile(r"fold-\d+")
@@ -112,19 +112,10 @@ def fetch_model(uri: str, tracking: str | None = None) -> Path:
     match = _URI.fullmatch(uri)
     if match is None:
         raise TexttuneError(f"{uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS, e.g. models:/ellipse@best")
-    store = tracking_uri(tracking)
-    database = sqlite_path(store)
-    if database is not None and not database.is_file():
-        raise TexttuneError(
-            f"{uri}: there is no texttune store at {database}; train or cross-validate first, or pass "
-            "--tracking-uri (or set MLFLOW_TRACKING_URI) to the store that holds the model"
-        )
+    mlflow, store = open_store(tracking, uri)
     name = match["name"]
-    try:
-        mlflow = client(store)
-    except store_errors() as exc:
-        raise TexttuneError(f"{uri}: the model registry is not readable ({first_line(exc)})") from None
     found = _resolve(mlflow, uri, name, match["version"], match["alias"])
+    database = sqlite_path(store)
     store_key = hashlib.sha256(str(database.resolve() if database else store).encode()).hexdigest()[:12]
     # a version number is reused when a store is wiped and filled again; its run id is not
     folder = cache_root() / "models" / store_key / name / f"{found.version}-{found.run_id}"

@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
+from texttune.metrics import task_metrics
+from texttune.predictor import Predictor
+from texttune.task import Examples
 from texttune.testing import build_tiny_backbone, synthetic_table
+from texttune.training import read_training_examples
 
 # One thread: on a loaded 2-core box a tiny step took 1.2 s with 2 threads and 3 ms with 1.
 torch.set_num_threads(1)
@@ -55,3 +60,12 @@ def write_recipe(tmp_path: Path, tiny_backbone: Path):
         return path
 
     return write
+
+
+def recompute_valid_metrics(recipe, bundle: Path) -> tuple[dict[str, float], np.ndarray, Examples]:
+    """The bundle's metrics on the recipe's validation rows, computed by a Predictor (not by the Trainer's
+    evaluation): metrics, head outputs and the validation examples."""
+    _, valid = read_training_examples(recipe)
+    predictor = Predictor.load(bundle)
+    outputs = predictor.predict_outputs(predictor.pipeline.join(valid.texts))
+    return task_metrics(outputs, valid.labels, valid.task, predictor.info.postprocess), outputs, valid

@@ -15,11 +15,11 @@ from transformers import AlbertConfig, AutoModel
 
 from texttune import Predictor, load_recipe, train
 from texttune.config import Stage
-from texttune.data import PaddingCollator, encode_texts
 from texttune.models import TextModel, load_backbone
 from texttune.models.heads import CLS_LAST
 from texttune.models.layer_groups import layer_groups
-from texttune.policy import param_groups
+from texttune.pipeline import PaddingCollator, TextPipeline
+from texttune.policy import Rates
 from texttune.policy.callbacks import KeepBest
 from texttune.testing import TINY_FAMILIES, build_tiny_backbone, synthetic_table
 from texttune.training import prepare, stage_trainer
@@ -61,10 +61,11 @@ def test_reload_keeps_the_family_and_its_special_token_layout(tiny: Tiny) -> Non
 def test_token_type_ids_only_reach_models_that_take_them(tiny: Tiny) -> None:
     backbone, tokenizer = load_backbone(str(tiny.directory))
     model = TextModel(backbone, "mean", num_outputs=3).eval()
-    features = encode_texts(tokenizer, [SHORT, LONG], max_length=32)
+    pipeline = TextPipeline.create(tokenizer, ["text"], max_length=32)
+    features = pipeline.encode([SHORT, LONG])
     if "token_type_ids" in features[0]:
         assert model.accepts_token_type_ids
-    batch = PaddingCollator(tokenizer.pad_token_id, tokenizer.padding_side)(features)
+    batch = pipeline.collate(features)
     pair = tokenizer([SHORT], [LONG], return_tensors="pt")  # second-segment ids (1) where the tokenizer sets them
     with torch.no_grad():
         for inputs in (batch, pair):
@@ -83,7 +84,7 @@ def test_layer_groups_cover_every_parameter_once(tiny: Tiny) -> None:
     assert len(groups) == 2 + getattr(config, "num_hidden_groups", config.num_hidden_layers)
     assert all(groups[:-1]), "embeddings and every layer have parameters; the top may have none"
     # Layer-wise decay reaches the embeddings: top and last layer at the base rate, x0.8 per group below.
-    rates = [group["lr"] for group in param_groups(TextModel(backbone, num_outputs=3), 1e-3, layer_decay=0.8)]
+    rates = [group["lr"] for group in Rates(1e-3, layer_decay=0.8).param_groups(TextModel(backbone, num_outputs=3))]
     assert min(rates) == pytest.approx(1e-3 * 0.8 ** (len(groups) - 2))
 
 
@@ -100,8 +101,9 @@ def test_albert_gets_one_group_per_layer_group() -> None:
 def test_padding_a_text_in_a_batch_does_not_change_its_logits(tiny: Tiny, pooling: str) -> None:
     backbone, tokenizer = load_backbone(str(tiny.directory))
     model = TextModel(backbone, pooling, num_outputs=3).eval()
+    pipeline = TextPipeline.create(tokenizer, ["text"], max_length=64)
     collate = PaddingCollator(tokenizer.pad_token_id, tokenizer.padding_side, pad_to_multiple_of=1)
-    short, long = encode_texts(tokenizer, [SHORT, LONG], max_length=64)
+    short, long = pipeline.encode([SHORT, LONG])
     assert len(long["input_ids"]) >= 2 * len(short["input_ids"])
     with torch.no_grad():
         alone = model(**collate([short]))["logits"]  # no padding at all
@@ -135,7 +137,7 @@ def test_frozen_levels_stay_bit_identical_and_rates_follow_the_decay(tiny: Tiny,
     assert moved and moved <= set(levels[0]) | set(levels[1])  # only the head and the last layer learned
     assert set(levels[0]) & moved and set(levels[1]) & moved
     trainer = stage_trainer(prepared, Stage(unfreeze="all", epochs=1), 1, str(tmp_path), [keep_best])
-    rates = {group["name"].removesuffix("_no_decay"): group["lr"] for group in trainer.optimizer.param_groups}
+    rates = {group["name"].removesuffix("_no_decay"): group["lr"] for group in trainer.create_optimizer().param_groups}
     assert rates == pytest.approx(
         {"head": 3e-3, **{f"level_{d}": 3e-3 * 0.8 ** (d - 1) for d in range(1, len(levels))}}
     )

@@ -15,8 +15,9 @@ import torch
 import yaml
 
 from texttune.cli.main import main
-from texttune.data import LengthGroupedBatchSampler, PaddingCollator, read_table
+from texttune.data import LengthGroupedBatchSampler, read_table
 from texttune.errors import TexttuneError
+from texttune.pipeline import PaddingCollator
 
 FRAME = pd.DataFrame({"id": ["007", "008"], "text": ["NA", "None"], "label": ["pos", "neg"]})
 

@@ -10,11 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.conftest import recompute_valid_metrics
 from texttune import Predictor, load_recipe, train
 from texttune.data import read_table
-from texttune.metrics import task_metrics
-from texttune.task import encode_targets
-from texttune.training import load_tables
 
 from .conftest import SHARED_DATA
 
@@ -44,13 +42,11 @@ def test_minilm_short_run_reproduces_its_metrics(tmp_path: Path, recipe: str, fi
     config = load_recipe(EXAMPLES / recipe, overrides)
     result = train(config)
 
-    _, valid, spec = load_tables(config)
-    predictor = Predictor.load(result.bundle)
-    texts = predictor.texts_of(valid)
-    outputs = predictor.predict_outputs(texts)
-    recomputed = task_metrics(outputs, encode_targets(valid, spec), spec)
+    recomputed, _, valid = recompute_valid_metrics(config, result.bundle)
     assert recomputed[metric] == pytest.approx(result.metrics[metric], abs=2e-3)
-    table = predictor.predict_table(valid)
+    table = Predictor.load(result.bundle).predict_table(
+        pd.DataFrame({**valid.texts, config.data.id_column: valid.ids})
+    )
     assert list(table.columns)[0] == config.data.id_column
-    assert table[config.data.id_column].tolist() == valid[config.data.id_column].tolist()
+    assert table[config.data.id_column].tolist() == valid.ids.tolist()
     assert len(pd.unique(table.iloc[:, 0])) == len(valid)

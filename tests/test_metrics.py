@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from texttune.metrics import baseline_metrics, classification_metrics, regression_metrics
+from texttune.metrics import baseline_metrics, classification_metrics, regression_metrics, task_metrics
+from texttune.postprocess import Clip, PostProcessing
 from texttune.task import TaskSpec
 
 
@@ -37,8 +38,10 @@ def test_constant_baselines() -> None:
     assert baseline_metrics(np.array([2, 2, 0]), np.array([2, 1]), spec)["accuracy"] == pytest.approx(0.5)
 
 
-def test_postprocess_clips_scores_and_normalises_probabilities() -> None:
-    spec = TaskSpec(kind="regression", target_columns=("a", "b"), target_min=(1.0, 1.0), target_max=(5.0, 5.0))
-    np.testing.assert_allclose(spec.postprocess(np.array([[0.2, 5.7]])), [[1.0, 5.0]])
-    spec = TaskSpec(kind="classification", target_columns=("y",), labels=("a", "b"))
-    np.testing.assert_allclose(spec.postprocess(np.array([[0.0, np.log(3.0)]])), [[0.25, 0.75]])
+def test_task_metrics_apply_the_post_processing() -> None:
+    spec = TaskSpec(kind="regression", target_columns=("a",))
+    outputs, targets = np.array([[0.2], [5.7]]), np.array([[1.0], [5.0]])
+    assert task_metrics(outputs, targets, spec, PostProcessing())["mcrmse"] == pytest.approx(
+        np.sqrt((0.64 + 0.49) / 2)
+    )
+    assert task_metrics(outputs, targets, spec, PostProcessing((Clip((1.0,), (5.0,)),)))["mcrmse"] == 0.0

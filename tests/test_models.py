@@ -13,7 +13,7 @@ from texttune.models import POOLINGS, TextModel, create_loss, load_backbone
 from texttune.models.heads import ClsPooling, MeanPooling
 from texttune.models.layer_groups import layer_groups
 from texttune.models.registry import attention_implementation
-from texttune.policy import param_groups
+from texttune.policy import Rates
 from texttune.task import TaskSpec
 
 REGRESSION = TaskSpec(kind="regression", target_columns=("a", "b"))
@@ -78,7 +78,7 @@ def test_layer_groups_and_layerwise_learning_rates(tiny_backbone: Path) -> None:
     assert len(groups) == 1 + backbone.config.num_hidden_layers + 1  # embeddings, layers, top
     assert all(name.startswith("embeddings.") for name in groups[0])
     assert all(name.startswith("encoder.layer.1.") for name in groups[2])
-    named = param_groups(model, 1e-4, 1e-3, 0.01, layer_decay=0.5)
+    named = Rates(1e-4, head_learning_rate=1e-3, layer_decay=0.5, weight_decay=0.01).param_groups(model)
     rates = {g["name"]: g["lr"] for g in named}
     # head, then the top group and the last layer at the base rate, halving per group below
     assert rates["head"] == 1e-3 and rates["level_1"] == 1e-4

@@ -10,13 +10,12 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from texttune import Predictor, load_recipe, train
+from tests.conftest import recompute_valid_metrics
+from texttune import load_recipe, train
 from texttune.config import Stage
-from texttune.metrics import task_metrics
 from texttune.policy.callbacks import KeepBest, WeightAveraging
 from texttune.policy.param_groups import level_rates
-from texttune.task import encode_targets
-from texttune.training import load_tables, prepare, stage_trainer
+from texttune.training import prepare, stage_trainer
 
 
 def test_average_follows_the_decay_and_swaps_back() -> None:
@@ -38,13 +37,10 @@ def test_average_follows_the_decay_and_swaps_back() -> None:
 def test_kept_checkpoint_is_the_evaluated_average(write_recipe) -> None:
     recipe = load_recipe(write_recipe("classification", rows=120), ["training.ema_decay=0.9", "training.epochs=3"])
     result = train(recipe)
-    _, valid, spec = load_tables(recipe)
-    predictor = Predictor.load(result.bundle)
-    outputs = predictor.predict_outputs(predictor.texts_of(valid))
-    recomputed = task_metrics(outputs, encode_targets(valid, spec), spec)
+    recomputed, outputs, valid = recompute_valid_metrics(recipe, result.bundle)
     assert recomputed["accuracy"] == result.metrics["accuracy"]
     assert recomputed["f1_macro"] == result.metrics["f1_macro"]
-    labels = torch.as_tensor(encode_targets(valid, spec))
+    labels = torch.as_tensor(valid.labels)
     loss = nn.functional.cross_entropy(torch.as_tensor(outputs), labels).item()
     assert abs(loss - result.metrics["loss"]) < 1e-4
 
@@ -128,7 +124,5 @@ def test_best_weights_are_kept_across_stages(write_recipe) -> None:
     assert [entry["step"] for entry in history] == sorted(entry["step"] for entry in history)
     assert result.metrics["accuracy"] == max(entry["accuracy"] for entry in history)
     assert (result.bundle / "training_curves.png").read_bytes().startswith(b"\x89PNG")
-    _, valid, spec = load_tables(recipe)
-    predictor = Predictor.load(result.bundle)
-    recomputed = task_metrics(predictor.predict_outputs(predictor.texts_of(valid)), encode_targets(valid, spec), spec)
+    recomputed, _, _ = recompute_valid_metrics(recipe, result.bundle)
     assert recomputed["accuracy"] == result.metrics["accuracy"]

@@ -10,11 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import recompute_valid_metrics
 from texttune import Predictor, load_recipe, train
 from texttune.cli.main import main
-from texttune.metrics import task_metrics
-from texttune.task import encode_targets
-from texttune.training import load_tables
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +57,8 @@ def test_bundle_files_and_best_checkpoint(classification_run) -> None:
 def test_reloaded_bundle_predicts_the_same_as_the_kept_checkpoint(classification_run) -> None:
     root, result = classification_run
     recipe = load_recipe(root / "recipe.yaml")
-    _, valid, spec = load_tables(recipe)
-    predictor = Predictor.load(result.bundle)
-    outputs = predictor.predict_outputs(predictor.texts_of(valid))
-    assert task_metrics(outputs, encode_targets(valid, spec), spec) == pytest.approx(
-        {k: result.metrics[k] for k in ("accuracy", "error_rate", "f1_macro")}
-    )
+    recomputed, _, _ = recompute_valid_metrics(recipe, result.bundle)
+    assert recomputed == pytest.approx({k: result.metrics[k] for k in ("accuracy", "error_rate", "f1_macro")})
     frame = pd.read_csv(root / "train.csv", dtype=str)
     first = Predictor.load(result.bundle).predict(frame["text"].tolist())
     second = Predictor.load(result.bundle).predict(frame["text"].tolist())

@@ -30,9 +30,9 @@ from texttune.data import read_table
 from texttune.errors import TexttuneError
 from texttune.folds import make_folds
 from texttune.metrics import best_metric, classification_metrics, regression_metrics
-from texttune.task import TaskSpec, encode_targets, fit_to_training_rows
+from texttune.task import TaskSpec, encode_targets, read_examples
 from texttune.tracking import recipe_params, record_bundle, record_cv, start_run
-from texttune.training import read_training_table, train
+from texttune.training import train
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def _fold_predictions(run: Path, folds: int, spec: TaskSpec, id_column: str | No
         frame.insert(1, "fold", fold)
         frames.append(frame)
     oof = pd.concat(frames)
-    numbers = ["row"] + [c for c in oof.columns if c.startswith("prob_")]
+    numbers = ["row"] + [c for c in oof.columns if c.startswith(("prob_", "raw_"))]
     if spec.is_regression:
         numbers += [*spec.target_columns, *(f"pred_{c}" for c in spec.target_columns)]
     oof[numbers] = oof[numbers].apply(pd.to_numeric)
@@ -177,14 +177,15 @@ def run_cv(recipe: Recipe, force: bool = False) -> CVResult:
     """
     started = time.perf_counter()
     data, run = recipe.data, Path(recipe.output.dir)
-    frame, spec = read_training_table(recipe)
+    examples = read_examples(data.train, data, recipe.task, recipe.cv)
+    spec = examples.task
     if data.valid is not None:
         logger.warning("cv validates every row of data.train once; data.valid (%s) is not used", data.valid)
     _claim(run, _fingerprint(recipe), force)
-    folds = make_folds(frame, spec, recipe.cv, recipe.training.seed)
-    assignment = pd.DataFrame({"row": np.arange(len(frame)), "fold": folds})
+    folds = make_folds(examples, recipe.cv, recipe.training.seed)
+    assignment = pd.DataFrame({"row": examples.rows, "fold": folds})
     if data.id_column:
-        assignment.insert(1, data.id_column, frame[data.id_column].to_numpy())
+        assignment.insert(1, data.id_column, examples.ids)
     with atomic_file(run / "folds.csv") as staging:
         assignment.to_csv(staging, index=False)
     with start_run(recipe, "cv") as tracked:
@@ -200,9 +201,9 @@ def run_cv(recipe: Recipe, force: bool = False) -> CVResult:
                     sources[fold_dir.name] = record_bundle(fold_run, fold_dir, spec, replay=True)
                     continue
                 logger.info("fold %d of %d", fold + 1, recipe.cv.folds)
-                train_rows, valid_rows = frame[folds != fold], frame[folds == fold]
-                tables = (train_rows, valid_rows, fit_to_training_rows(spec, train_rows))
-                sources[fold_dir.name] = train(fold_recipe, tables, run=fold_run).model_version
+                held_out = folds == fold
+                fold_examples = (examples.subset(~held_out), examples.subset(held_out))
+                sources[fold_dir.name] = train(fold_recipe, fold_examples, run=fold_run).model_version
         report = _finish(run, recipe, spec)
         version = record_cv(tracked, run, report, spec, sources)
     return CVResult(run, report, time.perf_counter() - started, version)

@@ -1,4 +1,4 @@
-"""Reading tables, validating their columns and tokenizing texts once.
+"""Reading tables and validating their columns; the datasets and the batch sampler training draws from.
 
 Tables are read as strings with no NA guessing: with pandas' defaults the texts "NA" and "None" become missing and
 "007" becomes 7, silently. Every problem is reported as one line naming the file, the row and the column.
@@ -15,10 +15,10 @@ import math
 import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -170,35 +170,19 @@ def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
 
 
-def check_texts(frame: pd.DataFrame, columns: Sequence[str]) -> None:
-    """Refuse absent text columns and empty texts, naming the row."""
+def read_texts(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """The text columns as arrays of strings, refusing absent columns and empty texts (naming the row)."""
     require_columns(frame, columns, "text")
+    texts = {}
     for column in columns:
-        for row, value in enumerate(frame[column].tolist(), start=1):
+        values = frame[column].to_numpy(dtype=object)
+        for row, value in enumerate(values, start=1):
             if is_missing(value):
                 raise TexttuneError(
                     f"{source_of(frame)}: row {row} has an empty text in column '{column}'; fill it or drop the row"
                 )
-
-
-def read_texts(frame: pd.DataFrame, columns: Sequence[str], joiner: str) -> list[str]:
-    """Texts of each row, several columns joined by `joiner` (see `text_joiner`), after `check_texts`."""
-    check_texts(frame, columns)
-    if len(columns) == 1:
-        return [str(v) for v in frame[columns[0]].tolist()]
-    return [joiner.join(str(v) for v in values) for values in zip(*(frame[c].tolist() for c in columns))]
-
-
-def text_joiner(tokenizer: Any) -> str:
-    """How several text columns become one text: separated by the tokenizer's separator token."""
-    return f" {tokenizer.sep_token} " if getattr(tokenizer, "sep_token", None) else "\n"
-
-
-def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[dict[str, list[int]]]:
-    """Tokenize once, without padding: the collator pads each batch to its own longest text."""
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)
-    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
-    return [{k: encoded[k][i] for k in keys} for i in range(len(texts))]
+        texts[column] = np.array([str(v) for v in values], dtype=object)
+    return texts
 
 
 class EncodedDataset(Dataset):
@@ -220,37 +204,6 @@ class EncodedDataset(Dataset):
     @property
     def lengths(self) -> list[int]:
         return [len(f["input_ids"]) for f in self.features]
-
-
-@dataclass
-class PaddingCollator:
-    """Pads a batch to its longest text (rounded up to a multiple of 8), on the tokenizer's padding side."""
-
-    pad_token_id: int
-    padding_side: str = "right"
-    pad_to_multiple_of: int = 8
-    max_length: int | None = None
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        longest = max(len(f["input_ids"]) for f in features)
-        width = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        if self.max_length is not None:
-            width = max(longest, min(width, self.max_length))
-        batch: dict[str, torch.Tensor] = {}
-        for key, pad_value in (("input_ids", self.pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
-            if key not in features[0]:
-                continue
-            tensor = torch.full((len(features), width), pad_value, dtype=torch.long)  # (B, T)
-            for row, feature in enumerate(features):
-                values = torch.as_tensor(feature[key], dtype=torch.long)
-                if self.padding_side == "left":
-                    tensor[row, width - len(values) :] = values
-                else:
-                    tensor[row, : len(values)] = values
-            batch[key] = tensor
-        if "labels" in features[0]:
-            batch["labels"] = torch.as_tensor([f["labels"] for f in features])
-        return batch
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):

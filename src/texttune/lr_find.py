@@ -21,11 +21,11 @@ from texttune._io import atomic_file
 from texttune.config import Recipe
 from texttune.errors import TexttuneError
 from texttune.models import create_loss
+from texttune.policy import ExponentialSweep, Rates
 from texttune.policy.lr_finder import SUGGESTIONS, LRFinder, fine_tuning_start
-from texttune.policy.schedules import exponential_sweep
 from texttune.tracking import recipe_params, record_lr_find, start_run
-from texttune.trainer import TexttuneTrainer
-from texttune.training import adamw, prepare, training_arguments
+from texttune.trainer import TexttuneTrainer, training_arguments
+from texttune.training import prepare
 
 logger = logging.getLogger(__name__)
 
@@ -63,28 +63,27 @@ def lr_find(
         raise TexttuneError(f"lr-find: need 0 < start < end (got start={start}, end={end})")
     prepared = prepare(recipe)
     training = recipe.training
-    optimizer = adamw(prepared.model, training)
-    top = optimizer.param_groups[0]["lr"]  # the swept rate is the encoder's top level; the others keep their ratio
-    for group in optimizer.param_groups:
-        group["lr"] /= top
-    rates = (start * (end / start) ** (np.arange(steps) / max(1, steps - 1))).tolist()
-    finder = LRFinder(rates)
+    rates = Rates(training.learning_rate, training.head_learning_rate, training.layer_decay, training.weight_decay)
+    top = rates.top(prepared.model)  # the swept rate is the encoder's top level; the others keep their ratio to it
+    finder = LRFinder((start * (end / start) ** (np.arange(steps) / max(1, steps - 1))).tolist())
     with tempfile.TemporaryDirectory(prefix=".texttune-lr-find-") as scratch:
         trainer = TexttuneTrainer(
             model=prepared.model,
             args=training_arguments(
-                recipe,
+                training,
                 steps,
                 scratch,
+                top,
                 training.seed,
                 logging_steps=1,
                 eval_strategy="no",
                 logging_nan_inf_filter=False,
-            ),
+            ),  # fmt: skip
             train_dataset=prepared.train_set,
-            data_collator=prepared.collator(),
-            optimizers=(optimizer, exponential_sweep(optimizer, start, end, steps)),
+            data_collator=prepared.pipeline.collate,
             loss=create_loss(recipe.task, prepared.spec),
+            rates=rates,
+            schedule=ExponentialSweep(start, end, steps, reference=top),
             group_by_length=training.group_by_length,
             callbacks=[finder],
         )

@@ -12,6 +12,7 @@ import numpy as np
 from sklearn.metrics import f1_score
 from transformers import EvalPrediction
 
+from texttune.postprocess import PostProcessing
 from texttune.task import TaskSpec
 
 
@@ -34,9 +35,11 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dic
     }
 
 
-def task_metrics(outputs: np.ndarray, targets: np.ndarray, spec: TaskSpec) -> dict[str, float]:
-    """Metrics of raw head outputs, after the same post-processing the predictor applies."""
-    scores = spec.postprocess(outputs)
+def task_metrics(
+    outputs: np.ndarray, targets: np.ndarray, spec: TaskSpec, postprocess: PostProcessing
+) -> dict[str, float]:
+    """Metrics of raw head outputs, after the post-processing the predictor applies."""
+    scores = postprocess.apply(outputs)
     if spec.is_regression:
         return regression_metrics(scores, targets, spec.target_columns)
     return classification_metrics(scores, targets)
@@ -56,9 +59,9 @@ def best_metric(spec: TaskSpec) -> tuple[str, bool]:
     return ("mcrmse", False) if spec.is_regression else ("accuracy", True)
 
 
-def make_compute_metrics(spec: TaskSpec) -> Callable[[EvalPrediction], dict[str, float]]:
+def make_compute_metrics(spec: TaskSpec, postprocess: PostProcessing) -> Callable[[EvalPrediction], dict[str, float]]:
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
         outputs = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        return task_metrics(outputs, prediction.label_ids, spec)
+        return task_metrics(outputs, prediction.label_ids, spec, postprocess)
 
     return compute_metrics

@@ -1,32 +1,44 @@
-"""`Predictor`: a loaded bundle that scores texts, single strings or whole tables, in their original order."""
+"""`Predictor`: a loaded bundle that scores texts, single strings or whole tables, in their original order.
+
+Layers, each written once: the bundle's `TextPipeline` turns rows into token ids; the texts are sorted by length
+and cut into batches; a runner (`texttune.runners`) maps each padded batch to head outputs; the input order is
+restored, ensemble members are averaged, and the bundle's post-processing turns outputs into predictions.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from texttune._hardware import use_bf16
 from texttune._io import atomic_file
-from texttune.bundle import ENSEMBLE_FILE, BundleInfo, load_bundle, load_ensemble
-from texttune.data import PaddingCollator, encode_texts, read_table, read_texts, require_columns, text_joiner
+from texttune.bundle import ENSEMBLE_FILE, MODEL_URI_PREFIX, BundleInfo, load_bundle, load_ensemble
+from texttune.data import read_table, read_texts, require_columns
 from texttune.errors import TexttuneError
-from texttune.models.heads import TextModel
+from texttune.pipeline import Features, TextPipeline
+from texttune.postprocess import softmax
+from texttune.runners import Runner, TorchRunner
 from texttune.task import TaskSpec
 
 
 class Predictor:
     """Scores texts with a trained bundle, or with the fold ensemble of a cv run.
 
-    Inference sorts texts by length so that batches pad little, then restores the input order. An ensemble
-    tokenizes each text once and averages its members: regression outputs, or class probabilities, optionally
-    weighted.
+    An ensemble tokenizes each text once and averages its members: regression outputs, or class probabilities,
+    optionally weighted.
+
+    Args:
+        runners: one per ensemble member, each mapping a padded batch to head outputs.
+        pipeline: how rows become token ids and padded batches (the bundle's).
+        info: the task, the id column and the post-processing of the outputs.
+        weights: one non-negative weight per member (default equal).
+        batch_size: texts per forward pass.
 
     Example:
         >>> predictor = Predictor.load("texttune-runs/model")
@@ -37,82 +49,99 @@ class Predictor:
 
     def __init__(
         self,
-        model: TextModel | Sequence[TextModel],
-        tokenizer: Any,
+        runners: Sequence[Runner],
+        pipeline: TextPipeline,
         info: BundleInfo,
-        batch_size: int = 64,
-        precision: str = "auto",
-        progress: bool = False,
         weights: Sequence[float] | None = None,
+        batch_size: int = 64,
+        progress: bool = False,
     ) -> None:
         if batch_size < 1:
             raise TexttuneError(f"batch_size must be a positive integer, got {batch_size}")
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.models = [m.eval().to(self.device) for m in ([model] if isinstance(model, TextModel) else model)]
-        weights = [1.0] * len(self.models) if weights is None else [float(w) for w in weights]
-        if len(weights) != len(self.models) or min(weights) < 0 or sum(weights) <= 0:
+        self.runners = list(runners)
+        try:
+            weights = [1.0] * len(self.runners) if weights is None else [float(w) for w in weights]
+        except (TypeError, ValueError):
+            weights = []
+        if (
+            len(weights) != len(self.runners)
+            or not all(math.isfinite(w) and w >= 0 for w in weights)
+            or sum(weights) <= 0
+        ):
             raise TexttuneError(
-                f"weights {weights} do not fit {len(self.models)} member(s): give one non-negative weight each"
+                f"weights {weights} do not fit {len(self.runners)} member(s): give each a finite weight, 0 or more"
             )
         self.weights = np.asarray(weights) / sum(weights)
-        self.tokenizer = tokenizer
+        self.pipeline = pipeline
         self.info = info
         self.batch_size = batch_size
-        self.bf16 = use_bf16(precision) and info.precision == "bf16"
         self.progress = progress
-        self.collator = PaddingCollator(tokenizer.pad_token_id, tokenizer.padding_side, max_length=info.max_length)
 
     @classmethod
-    def load(cls, path: str | Path, tracking_uri: str | None = None, **kwargs: Any) -> Predictor:
+    def load(
+        cls, path: str | Path, tracking_uri: str | None = None, precision: str = "auto", **kwargs: Any
+    ) -> Predictor:
         """Load a bundle written by `texttune train`, a `texttune cv` run directory as the ensemble of its folds
         (with the manifest's weights unless `weights` is given), or a registered version such as
         `models:/ellipse@best` or `models:/ellipse/3`, fetched once from the MLflow store `tracking_uri`
-        (None: $MLFLOW_TRACKING_URI, else the embedded `texttune-runs/mlflow.db`) into a local cache."""
-        from texttune.tracking.models import fetch_model, is_model_uri
+        (None: $MLFLOW_TRACKING_URI, else the embedded `texttune-runs/mlflow.db`) into a local cache.
 
-        if is_model_uri(path):
+        `precision` auto runs bf16 where the bundle was trained in bf16 and this machine has it; fp32 never does."""
+        if str(path).startswith(MODEL_URI_PREFIX):  # only then the tracking code (and MLflow) is imported
+            from texttune.tracking.models import fetch_model
+
             path = fetch_model(str(path), tracking_uri)
         if (Path(path) / ENSEMBLE_FILE).is_file():
-            models, tokenizer, info, weights = load_ensemble(path)
-            return cls(models, tokenizer, info, **{"weights": weights, **kwargs})
-        model, tokenizer, info = load_bundle(path)
-        return cls(model, tokenizer, info, **kwargs)
+            members, info, weights = load_ensemble(path)
+            kwargs = {"weights": weights, **kwargs}
+        else:
+            members = [load_bundle(path)]
+            info = members[0].info
+        bf16 = use_bf16(precision) and info.precision == "bf16"
+        return cls([TorchRunner(member.model, bf16) for member in members], members[0].pipeline, info, **kwargs)
 
     @property
     def task(self) -> TaskSpec:
         return self.info.task
 
-    def predict_outputs(self, texts: Sequence[str]) -> np.ndarray:
-        """Head outputs (N, C) in input order. An ensemble gives the weighted mean of its members' outputs, or for
-        classes the log of their mean probabilities, so that softmax gives the averaged probabilities."""
-        features = encode_texts(self.tokenizer, texts, self.info.max_length)
-        order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
-        outputs = np.zeros((len(self.models), len(texts), self.task.num_outputs), dtype=np.float32)  # (M, N, C)
+    def outputs_of(self, features: Sequence[Features]) -> np.ndarray:
+        """Head outputs (N, C) of tokenized texts, in their order. An ensemble gives the weighted mean of its
+        members' outputs, or for classes the log of their mean probabilities, so that softmax gives the averaged
+        probabilities."""
+        order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")  # batches of similar lengths
+        outputs = np.zeros((len(self.runners), len(features), self.task.num_outputs), dtype=np.float32)  # (M, N, C)
+        collate = self.pipeline.collate
         starts = range(0, len(order), self.batch_size)
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
-        with torch.inference_mode(), autocast:
-            for start in tqdm(starts, desc="predict", disable=not self.progress, unit="batch"):
-                index = order[start : start + self.batch_size]
-                batch = {k: v.to(self.device) for k, v in self.collator([features[i] for i in index]).items()}
-                for member, model in enumerate(self.models):
-                    outputs[member, index] = model(**batch)["logits"].float().cpu().numpy()
-        if len(self.models) == 1:
+        for start in tqdm(starts, desc="predict", disable=not self.progress, unit="batch"):
+            index = order[start : start + self.batch_size]
+            batch = collate([features[i] for i in index])
+            for member, runner in enumerate(self.runners):
+                outputs[member, index] = runner(batch)
+        if len(self.runners) == 1:
             return outputs[0]
         if self.task.is_regression:
             return np.tensordot(self.weights, outputs, axes=1)
-        probabilities = np.tensordot(self.weights, self.task.postprocess(outputs), axes=1)
+        probabilities = np.tensordot(self.weights, softmax(outputs), axes=1)
         return np.log(np.clip(probabilities, 1e-12, None)).astype(np.float32)
 
-    def predict(self, texts: Sequence[str]) -> pd.DataFrame:
-        """Scores per target, or the label and per-class probabilities, one row per text in input order."""
-        if isinstance(texts, str):
-            raise TypeError("predict takes a list of texts; use predict_text for one string")
-        scores = self.task.postprocess(self.predict_outputs(list(texts)))
+    def predict_outputs(self, texts: Sequence[str]) -> np.ndarray:
+        """Head outputs (N, C) in input order (see `outputs_of`)."""
+        return self.outputs_of(self.pipeline.encode(texts))
+
+    def predictions(self, outputs: np.ndarray) -> pd.DataFrame:
+        """Head outputs post-processed: scores per target, or the label and per-class probabilities."""
+        scores = self.info.postprocess.apply(outputs)
         if self.task.is_regression:
             return pd.DataFrame(scores, columns=list(self.task.target_columns))
         labels = np.asarray(self.task.labels, dtype=object)[scores.argmax(axis=1)]
         probabilities = pd.DataFrame(scores, columns=[f"prob_{label}" for label in self.task.labels])
         return pd.concat([pd.DataFrame({"label": labels}), probabilities], axis=1)
+
+    def predict(self, texts: Sequence[str]) -> pd.DataFrame:
+        """Scores per target, or the label and per-class probabilities, one row per text in input order."""
+        if isinstance(texts, str):
+            raise TypeError("predict takes a list of texts; use predict_text for one string")
+        return self.predictions(self.predict_outputs(list(texts)))
 
     def predict_text(self, text: str) -> dict[str, Any]:
         """One text as a JSON-ready dict: label, index and probabilities, or scores per target."""
@@ -124,7 +153,7 @@ class Predictor:
 
     def texts_of(self, frame: pd.DataFrame) -> list[str]:
         """The model's input texts for a table's rows, its text columns joined as in training."""
-        return read_texts(frame, self.info.text_columns, text_joiner(self.tokenizer))
+        return self.pipeline.join(read_texts(frame, self.pipeline.text_columns))
 
     def predict_table(self, frame: pd.DataFrame) -> pd.DataFrame:
         """A submission: the id column first when the bundle has one, then the label or one column per target."""

@@ -1,6 +1,8 @@
-"""What the model predicts: the task inferred from the target columns, their encoding and their output shape.
+"""What the model learns: the task inferred from the target columns, and a table parsed once into `Examples`.
 
-A `TaskSpec` is fixed at training time and stored in the bundle, so prediction needs no training data.
+A `TaskSpec` is fixed at training time and stored in the bundle, so prediction needs no training data. `Examples`
+are the edge where strings become typed arrays: training, cv, folds and baselines consume them and never look at the
+table's strings again.
 """
 
 from __future__ import annotations
@@ -8,15 +10,17 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from texttune.config import TaskConfig
-from texttune.data import is_missing, require_columns, source_of
+from texttune.config import CVConfig, DataConfig, TaskConfig
+from texttune.data import is_missing, read_table, read_texts, require_columns, source_of
 from texttune.errors import TexttuneError
 
 logger = logging.getLogger(__name__)
@@ -26,7 +30,8 @@ TaskKind = Literal["regression", "classification"]
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """The outputs of a model: score columns with their ranges, or class names in index order."""
+    """The outputs of a model: score columns, or class names in index order; for scores, the range and mean of the
+    training rows' targets (the head's initial bias)."""
 
     kind: TaskKind
     target_columns: tuple[str, ...]
@@ -34,7 +39,6 @@ class TaskSpec:
     target_min: tuple[float, ...] = ()
     target_max: tuple[float, ...] = ()
     target_mean: tuple[float, ...] = ()
-    clip: bool = True
 
     @property
     def num_outputs(self) -> int:
@@ -44,19 +48,24 @@ class TaskSpec:
     def is_regression(self) -> bool:
         return self.kind == "regression"
 
-    def postprocess(self, outputs: np.ndarray) -> np.ndarray:
-        """Raw head outputs -> scores clipped to the training range, or class probabilities."""
-        outputs = np.asarray(outputs, dtype=np.float64)
-        if self.is_regression:
-            return np.clip(outputs, self.target_min, self.target_max) if self.clip else outputs
-        shifted = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
-        return shifted / shifted.sum(axis=-1, keepdims=True)
+    def with_statistics(self, labels: np.ndarray) -> TaskSpec:
+        """The spec with the range and mean of these (training) labels, so validation rows never leak into the
+        model. Computed on the float32 labels the model trains on, so the head's bias is exactly their mean."""
+        if not self.is_regression:
+            return self
+        return replace(
+            self,
+            target_min=tuple(labels.min(axis=0).tolist()),
+            target_max=tuple(labels.max(axis=0).tolist()),
+            target_mean=tuple(labels.mean(axis=0).tolist()),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskSpec:
+        data = {k: v for k, v in data.items() if k != "clip"}  # format 1 kept the clipping switch here
         tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
         return cls(**{**data, **tuples})
 
@@ -129,15 +138,7 @@ def infer_task(frame: pd.DataFrame, target_columns: list[str], config: TaskConfi
             )
         logger.info("task inferred from %s: %s", target_columns, kind)
     if kind == "regression":
-        targets = np.stack([_numeric(frame, c) for c in target_columns], axis=1)
-        return TaskSpec(
-            kind="regression",
-            target_columns=tuple(target_columns),
-            target_min=tuple(targets.min(axis=0).tolist()),
-            target_max=tuple(targets.max(axis=0).tolist()),
-            target_mean=tuple(targets.mean(axis=0).tolist()),
-            clip=config.clip_predictions,
-        )
+        return TaskSpec(kind="regression", target_columns=tuple(target_columns))
     if len(target_columns) != 1:
         raise TexttuneError(f"classification takes one label column, got {target_columns}; set data.target_columns")
     column = target_columns[0]
@@ -159,10 +160,10 @@ def infer_task(frame: pd.DataFrame, target_columns: list[str], config: TaskConfi
 
 
 def encode_targets(frame: pd.DataFrame, spec: TaskSpec) -> np.ndarray:
-    """Targets as float32 (N, T) scores, or int64 (N,) class indices; unknown classes are errors."""
+    """Targets as float64 (N, T) scores, or int64 (N,) class indices; unknown classes are errors."""
     require_columns(frame, spec.target_columns, "target")
     if spec.is_regression:
-        return np.stack([_numeric(frame, c) for c in spec.target_columns], axis=1).astype(np.float32)
+        return np.stack([_numeric(frame, c) for c in spec.target_columns], axis=1)
     index = {label: i for i, label in enumerate(spec.labels)}
     column = spec.target_columns[0]
     labels = _label_strings(frame, column)
@@ -175,36 +176,124 @@ def encode_targets(frame: pd.DataFrame, spec: TaskSpec) -> np.ndarray:
     return np.array([index[label] for label in labels], dtype=np.int64)
 
 
-def fit_to_training_rows(spec: TaskSpec, train: pd.DataFrame) -> TaskSpec:
-    """The spec with regression statistics (range for clipping, means for the head's bias) from the training rows
-    only, so validation rows never leak into the model; classes stay those of the whole table."""
-    if not spec.is_regression:
-        return spec
-    targets = encode_targets(train, spec)
-    return replace(
-        spec,
-        target_min=tuple(targets.min(axis=0).tolist()),
-        target_max=tuple(targets.max(axis=0).tolist()),
-        target_mean=tuple(targets.mean(axis=0).tolist()),
-    )
+def _given_folds(frame: pd.DataFrame, config: CVConfig) -> np.ndarray:
+    column = config.fold_column
+    values = frame[column].tolist()
+    for row, value in enumerate(values, start=1):
+        if is_missing(value) or not str(value).strip().isdigit() or int(value) >= config.folds:
+            raise TexttuneError(
+                f"{source_of(frame)}: row {row} of fold column '{column}' is {value!r}; use integers 0 to "
+                f"{config.folds - 1} (cv.folds), or set cv.fold_column to a column that does not exist to make folds"
+            )
+    return np.array([int(v) for v in values])
 
 
-def split_train_valid(frame: pd.DataFrame, spec: TaskSpec, fraction: float, seed: int) -> tuple[pd.DataFrame, ...]:
-    """Hold out `fraction` of the rows, stratified by class when every class has two rows or more."""
-    held_out = math.ceil(fraction * len(frame))
-    if held_out >= len(frame) or held_out < 1:
+@dataclass(frozen=True)
+class Examples:
+    """A table parsed and validated once: what training, cv, folds and baselines read instead of strings.
+
+    Args:
+        source: the file, for messages.
+        task: what the targets mean (inferred from this table, or the training table's for validation rows).
+        rows: (N,) position of each example in the source table, 0-based (messages say row + 1).
+        texts: text column -> (N,) non-empty strings, in the order the model joins them.
+        targets: (N, T) float64 scores, exactly as written, or (N,) int64 class indices.
+        ids: (N,) the id column's strings, when the recipe names one.
+        groups: (N,) `cv.group_column` values; folds: (N,) ints from `cv.fold_column` when the table has it.
+    """
+
+    source: str
+    task: TaskSpec
+    rows: np.ndarray
+    texts: Mapping[str, np.ndarray]
+    targets: np.ndarray
+    ids: np.ndarray | None = None
+    groups: np.ndarray | None = None
+    folds: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The targets as the model trains on them: float32 scores or int64 class indices."""
+        return self.targets.astype(np.float32) if self.task.is_regression else self.targets
+
+    @property
+    def truth(self) -> dict[str, np.ndarray]:
+        """Target column -> values as a person reads them: scores, or class names."""
+        if self.task.is_regression:
+            return {c: self.targets[:, i] for i, c in enumerate(self.task.target_columns)}
+        return {self.task.target_columns[0]: np.asarray(self.task.labels, dtype=object)[self.targets]}
+
+    def subset(self, index: np.ndarray) -> Examples:
+        """The examples at `index` (a boolean mask or positions), in that order."""
+
+        def take(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[index]
+
+        texts = {column: values[index] for column, values in self.texts.items()}
+        return replace(
+            self,
+            rows=self.rows[index],
+            texts=texts,
+            targets=self.targets[index],
+            ids=take(self.ids),
+            groups=take(self.groups),
+            folds=take(self.folds),
+        )
+
+
+def read_examples(
+    path: str | Path, data: DataConfig, task: TaskConfig | TaskSpec, cv: CVConfig | None = None
+) -> Examples:
+    """Read a table (`data.sep`) and parse it into `Examples` (see `parse_examples`)."""
+    return parse_examples(read_table(path, data.sep), data, task, cv)
+
+
+def parse_examples(
+    frame: pd.DataFrame, data: DataConfig, task: TaskConfig | TaskSpec, cv: CVConfig | None = None
+) -> Examples:
+    """A table of strings (`texttune.data.read_table`) as `Examples`: its texts, ids and targets, and for cv its
+    groups and folds.
+
+    Args:
+        task: a TaskConfig infers the task from this table; a TaskSpec (the training table's) encodes against it,
+            so unseen classes are errors.
+
+    Raises:
+        TexttuneError: a missing column, an empty text, a missing or non-numeric target, an unseen class.
+    """
+    texts = read_texts(frame, data.text_columns)
+    ids = None
+    if data.id_column:
+        require_columns(frame, [data.id_column], "id")
+        ids = frame[data.id_column].to_numpy(dtype=object)
+    spec = task if isinstance(task, TaskSpec) else infer_task(frame, data.target_columns, task)
+    groups = folds = None
+    if cv is not None and cv.group_column:
+        require_columns(frame, [cv.group_column], "group")
+        groups = frame[cv.group_column].to_numpy(dtype=object)
+    if cv is not None and cv.fold_column in frame.columns:
+        folds = _given_folds(frame, cv)
+    rows = np.arange(len(frame))
+    return Examples(source_of(frame), spec, rows, texts, encode_targets(frame, spec), ids, groups, folds)
+
+
+def split_examples(examples: Examples, fraction: float, seed: int) -> tuple[Examples, Examples]:
+    """Hold out `fraction` of the examples, stratified by class when every class has two examples or more."""
+    held_out = math.ceil(fraction * len(examples))
+    if held_out >= len(examples) or held_out < 1:
         raise TexttuneError(
-            f"{source_of(frame)}: {len(frame)} rows cannot be split with data.valid_fraction {fraction}; "
+            f"{examples.source}: {len(examples)} rows cannot be split with data.valid_fraction {fraction}; "
             "add rows or give a separate data.valid file"
         )
     stratify = None
-    if not spec.is_regression:
-        labels = frame[spec.target_columns[0]].astype(str)
-        counts = labels.value_counts()
+    if not examples.task.is_regression:
+        names = np.asarray(examples.task.labels, dtype=object)[examples.targets].astype(str)
+        _, counts = np.unique(names, return_counts=True)
         # sklearn needs two rows per class, and at least one held-out row per class
-        if counts.min() >= 2 and min(held_out, len(frame) - held_out) >= len(counts):
-            stratify = labels
-    train, valid = train_test_split(frame, test_size=held_out, random_state=seed, stratify=stratify)
-    for part in (train, valid):
-        part.attrs.update(frame.attrs)
-    return train, valid
+        if counts.min() >= 2 and min(held_out, len(examples) - held_out) >= len(counts):
+            stratify = names
+    train, valid = train_test_split(np.arange(len(examples)), test_size=held_out, random_state=seed, stratify=stratify)
+    return examples.subset(train), examples.subset(valid)

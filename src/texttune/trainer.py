@@ -1,19 +1,29 @@
-"""TexttuneTrainer: `transformers.Trainer` with our loss and length-grouped batches, through its documented hooks."""
+"""TexttuneTrainer: `transformers.Trainer` with our loss, our optimizer and schedule, and length-grouped batches,
+through its documented hooks (`compute_loss`, `create_optimizer`, `create_scheduler`, `get_train_dataloader`)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from texttune._hardware import use_bf16
+from texttune.config import TrainingConfig
 from texttune.data import EncodedDataset, LengthGroupedBatchSampler
+from texttune.history import parse_log
 from texttune.policy.callbacks import WeightAveraging
+from texttune.policy.param_groups import Rates
+
+Schedule = Callable[[Optimizer, int], LRScheduler]  # (optimizer, total steps) -> scheduler, e.g. policy.OneCycle
 
 logger = logging.getLogger(__name__)
 
@@ -27,22 +37,29 @@ class ProgressBar(ProgressCallback):
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if not logs or self.training_bar is None:
             return
-        if "loss" in logs:
-            self.training_bar.set_postfix(loss=f"{float(logs['loss']):.4g}", refresh=False)
-        scores = {k.removeprefix("eval_"): v for k, v in logs.items() if k.startswith("eval_")}
-        if scores:
-            shown = ", ".join(
-                f"{k} {float(v):.4g}" for k, v in scores.items() if not k.endswith(("runtime", "second"))
-            )
+        parsed = parse_log(logs)
+        if parsed is None:
+            return
+        kind, values = parsed
+        if kind == "train":
+            self.training_bar.set_postfix(loss=f"{float(values['loss']):.4g}", refresh=False)
+        else:
+            shown = ", ".join(f"{k} {float(v):.4g}" for k, v in values.items())
             logger.info("step %d (epoch %.2f): %s", state.global_step, state.epoch or 0.0, shown)
 
 
 class TexttuneTrainer(Trainer):
-    """A Trainer whose loss is a module of its own and whose training batches group similar lengths.
+    """A Trainer whose loss is a module of its own, whose optimizer follows the policy's discriminative rates, and
+    whose training batches group similar lengths.
 
     Args:
         loss: maps (logits, labels) to a scalar; see `texttune.models.losses`.
+        rates: learning rates by level and weight decay; `create_optimizer` builds the optimizer of `args.optim`
+            (AdamW) over `rates.param_groups(model)`, the trainable parameters only, so freeze before training.
+        schedule: builds the scheduler over that optimizer (one cycle, the LR finder's sweep); None uses
+            `args.lr_scheduler_type`.
         group_by_length: batch texts of similar length (shuffled batches), else plain random batches.
+        weight_averaging: evaluate a moving average of the weights.
         *args, **kwargs: passed to `transformers.Trainer`.
     """
 
@@ -50,6 +67,8 @@ class TexttuneTrainer(Trainer):
         self,
         *args: Any,
         loss: nn.Module,
+        rates: Rates,
+        schedule: Schedule | None = None,
         group_by_length: bool = True,
         weight_averaging: WeightAveraging | None = None,
         **kwargs: Any,
@@ -59,6 +78,8 @@ class TexttuneTrainer(Trainer):
         if self.pop_callback(ProgressCallback) is not None:
             self.add_callback(ProgressBar)
         self.loss = loss
+        self.rates = rates
+        self.schedule = schedule
         self.group_by_length = group_by_length
         self.weight_averaging = weight_averaging
         if weight_averaging is not None:
@@ -72,10 +93,18 @@ class TexttuneTrainer(Trainer):
         with self._averaged():
             return super().evaluate(*args, **kwargs)
 
-    def save_model(self, *args: Any, **kwargs: Any) -> None:
-        """Checkpoint the averaged weights, so the best checkpoint loaded at the end is an average."""
-        with self._averaged():
-            super().save_model(*args, **kwargs)
+    def create_optimizer(self, model: nn.Module | None = None) -> Optimizer:
+        """The optimizer of `args.optim` with `args`' betas and epsilon, over the policy's parameter groups."""
+        if self.optimizer is None:
+            model = self.model if model is None else model
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            self.optimizer = optimizer_cls(self.rates.param_groups(model), **optimizer_kwargs)
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Optimizer | None = None) -> LRScheduler:
+        if self.lr_scheduler is None and self.schedule is not None:
+            self.lr_scheduler = self.schedule(optimizer or self.optimizer, num_training_steps)
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def compute_loss(
         self,
@@ -99,3 +128,36 @@ class TexttuneTrainer(Trainer):
             dataset, batch_sampler=sampler, collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers
         )
         return self.accelerator.prepare(loader)
+
+
+def training_arguments(
+    training: TrainingConfig, max_steps: int, scratch: str, learning_rate: float, seed: int, **overrides: Any
+) -> TrainingArguments:
+    """The Trainer's arguments for `max_steps` optimizer steps at `learning_rate` (the encoder's top level; the
+    other levels' rates come from the policy). Evaluation and logging cadence are set by the caller."""
+    arguments: dict[str, Any] = {
+        "output_dir": scratch,
+        "max_steps": max_steps,
+        "learning_rate": learning_rate,
+        "weight_decay": training.weight_decay,
+        "optim": "adamw_torch",  # torch's AdamW, not its fused kernel (another rounding than our measured runs)
+        "adam_epsilon": 1e-6,
+        "per_device_train_batch_size": training.batch_size,
+        "per_device_eval_batch_size": training.eval_batch_size,
+        "gradient_accumulation_steps": training.gradient_accumulation_steps,
+        "max_grad_norm": training.max_grad_norm,
+        "lr_scheduler_type": "linear" if training.scheduler == "one_cycle" else training.scheduler,
+        "warmup_steps": int(training.warmup_ratio * max_steps),
+        "save_strategy": "no",
+        "logging_steps": 50,
+        "disable_tqdm": False,  # our ProgressBar; TQDM_DISABLE=1 (set by `texttune -q`) hides it
+        "bf16": use_bf16(training.precision),
+        "use_cpu": not torch.cuda.is_available(),
+        "seed": seed,
+        "data_seed": seed,
+        "label_names": ["labels"],
+        "remove_unused_columns": False,
+        "dataloader_num_workers": 0,
+        "report_to": "none",
+    }
+    return TrainingArguments(**{**arguments, **overrides})

@@ -1,5 +1,6 @@
 """Training policy: which parameters learn, how fast, and when."""
 
-from texttune.policy.param_groups import param_groups
+from texttune.policy.param_groups import Rates, level_rates
+from texttune.policy.schedules import ExponentialSweep, OneCycle
 
-__all__ = ["param_groups"]
+__all__ = ["ExponentialSweep", "OneCycle", "Rates", "level_rates"]

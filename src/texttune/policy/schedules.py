@@ -1,9 +1,13 @@
 """Learning-rate schedules the Trainer steps once per optimizer step.
 
-Linear, cosine and constant-with-warmup come from transformers (`lr_scheduler_type`); these are the ones it lacks.
+Linear, cosine and constant-with-warmup come from transformers (`lr_scheduler_type`); these are the ones it lacks,
+each also as a small frozen object `(optimizer, total_steps) -> scheduler` that `TexttuneTrainer.create_scheduler`
+calls once it has built the optimizer.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
@@ -40,7 +44,32 @@ def one_cycle(
     )
 
 
-def exponential_sweep(optimizer: Optimizer, start: float, end: float, steps: int) -> LambdaLR:
-    """The LR range test's sweep: every group's rate multiplied from `start` to `end` geometrically over `steps`."""
+def exponential_sweep(optimizer: Optimizer, start: float, end: float, steps: int, reference: float = 1.0) -> LambdaLR:
+    """The LR range test's sweep: the group whose rate is `reference` goes from `start` to `end` geometrically over
+    `steps`; every other group keeps its ratio to it."""
     ratio = end / start
-    return LambdaLR(optimizer, lambda step: start * ratio ** (min(step, steps - 1) / max(1, steps - 1)))
+    return LambdaLR(optimizer, lambda step: start * ratio ** (min(step, steps - 1) / max(1, steps - 1)) / reference)
+
+
+@dataclass(frozen=True)
+class OneCycle:
+    """`one_cycle` as a schedule for `TexttuneTrainer`: the recipe's warmup_ratio and momentums."""
+
+    pct_start: float = 0.25
+    momentums: tuple[float, float] = (0.95, 0.85)
+
+    def __call__(self, optimizer: Optimizer, total_steps: int) -> LRScheduler:
+        return one_cycle(optimizer, total_steps, self.pct_start, self.momentums)
+
+
+@dataclass(frozen=True)
+class ExponentialSweep:
+    """`exponential_sweep` as a schedule for `TexttuneTrainer`; `reference` is the rate of the swept group."""
+
+    start: float
+    end: float
+    steps: int
+    reference: float = 1.0
+
+    def __call__(self, optimizer: Optimizer, total_steps: int) -> LRScheduler:
+        return exponential_sweep(optimizer, self.start, self.end, self.steps, self.reference)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import transformers
 from texttune import __version__
 from texttune.bundle import ENSEMBLE_FILE
 from texttune.config import Recipe
+from texttune.history import Entry
 from texttune.metrics import best_metric
 from texttune.task import TaskSpec
 from texttune.tracking.run import TrackedRun
@@ -55,17 +56,19 @@ def _selection(directory: Path, names: Sequence[str]) -> Iterator[Path]:
         yield Path(staging)
 
 
+def log_entry(run: TrackedRun) -> Callable[[Entry], None]:
+    """A `History` listener that logs each training log and evaluation into `run` as it happens."""
+    return lambda entry: run.log_metrics(entry.tracked(), step=entry.step)
+
+
 def _replay(run: TrackedRun, report: Mapping[str, Any]) -> None:
     """Log a bundle's training and evaluation history, for a run that did not see its training live; in step order,
     as stores such as W&B drop steps that go back."""
     rows: dict[int, dict[str, float]] = {}
-    for entry in report.get("train_log", []):
-        scores = _prefixed("train_", {k: entry[k] for k in ("loss", "grad_norm") if k in entry})
-        rate = {"learning_rate": entry["learning_rate"]} if "learning_rate" in entry else {}
-        rows.setdefault(entry["step"], {}).update({**scores, **rate, "epoch": entry["epoch"]})
-    for entry in report.get("history", []):
-        scores = {k: v for k, v in entry.items() if k not in ("stage", "step", "epoch")}
-        rows.setdefault(entry["step"], {}).update({**_prefixed("valid_", scores), "epoch": entry["epoch"]})
+    entries = [Entry.from_dict("train", row) for row in report.get("train_log", [])]
+    entries += [Entry.from_dict("eval", row) for row in report.get("history", [])]
+    for entry in entries:
+        rows.setdefault(entry.step, {}).update(entry.tracked())
     for step in sorted(rows):
         run.log_metrics(rows[step], step=step)
 

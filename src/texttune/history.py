@@ -1,0 +1,95 @@
+"""The one reader of the Trainer's logs: each log dict parsed once into an `Entry` on the whole run's step axis.
+
+Gradual unfreezing trains one Trainer per stage, each counting steps from zero; `History` adds the steps and epochs
+of the stages before, once, so metrics.json, the curves, the progress bar and the tracking store read the same
+entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from transformers import TrainerCallback
+
+TIMING_KEYS = ("runtime", "samples_per_second", "steps_per_second")
+TRAIN_KEYS = ("loss", "learning_rate", "grad_norm")
+
+
+def parse_log(logs: Mapping[str, Any]) -> tuple[Literal["train", "eval"], dict[str, float]] | None:
+    """A Trainer log dict -> ("eval", loss and metrics without the `eval_` prefix and timings) or ("train", loss,
+    learning rate, gradient norm); None for anything else (the end-of-training summary)."""
+    if "eval_loss" in logs:
+        scores = {k.removeprefix("eval_"): v for k, v in logs.items() if k.startswith("eval_")}
+        return "eval", {k: v for k, v in scores.items() if not k.endswith(TIMING_KEYS)}
+    if "loss" in logs:
+        return "train", {k: logs[k] for k in TRAIN_KEYS if k in logs}
+    return None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One training log or evaluation, on the whole run's axes."""
+
+    kind: Literal["train", "eval"]
+    stage: int
+    step: int
+    epoch: float
+    values: dict[str, float]
+
+    def to_dict(self) -> dict[str, float]:
+        """The row of metrics.json's `train_log` or `history`."""
+        return {"stage": self.stage, "step": self.step, "epoch": self.epoch, **self.values}
+
+    @classmethod
+    def from_dict(cls, kind: Literal["train", "eval"], row: Mapping[str, Any]) -> Entry:
+        values = {k: v for k, v in row.items() if k not in ("stage", "step", "epoch")}
+        return cls(kind, int(row.get("stage", 0)), int(row["step"]), float(row.get("epoch", 0.0)), values)
+
+    def tracked(self) -> dict[str, float]:
+        """The metrics a tracking store gets: `train_loss`, `train_grad_norm`, `learning_rate`, `valid_<metric>`."""
+        if self.kind == "eval":
+            names = {k: f"valid_{k}" for k in self.values}
+        else:
+            names = {k: k if k == "learning_rate" else f"train_{k}" for k in self.values}
+        return {names[k]: v for k, v in self.values.items()} | {"epoch": self.epoch}
+
+
+class History(TrainerCallback):
+    """Collects every stage's log entries on one axis and passes each to `listeners` as it arrives.
+
+    One instance joins every stage's Trainer. `stage_starts` holds the step at which each stage after the first
+    began (the dashed lines of the training curves).
+    """
+
+    def __init__(self, listeners: Sequence[Callable[[Entry], None]] = ()) -> None:
+        self.listeners = list(listeners)
+        self.entries: list[Entry] = []
+        self.stage = -1
+        self.steps_before = 0
+        self.epochs_before = 0.0
+        self.stage_starts: list[int] = []
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.stage += 1
+        if self.stage > 0:
+            self.stage_starts.append(self.steps_before)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        parsed = parse_log(logs or {})
+        if parsed is None:
+            return
+        kind, values = parsed
+        epoch = round(self.epochs_before + (state.epoch or 0.0), 4)
+        entry = Entry(kind, self.stage, self.steps_before + state.global_step, epoch, values)
+        self.entries.append(entry)
+        for listener in self.listeners:
+            listener(entry)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.steps_before += state.global_step
+        self.epochs_before += state.epoch or 0.0
+
+    def of_kind(self, kind: Literal["train", "eval"]) -> list[Entry]:
+        return [entry for entry in self.entries if entry.kind == kind]

@@ -18,10 +18,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression, RidgeCV
 
 from texttune.config import load_recipe
-from texttune.data import read_texts
 from texttune.metrics import baseline_metrics, best_metric, task_metrics
-from texttune.task import encode_targets
-from texttune.training import load_tables
+from texttune.postprocess import Clip, PostProcessing, Softmax
+from texttune.prepare import read_training_examples
 
 
 def main() -> None:
@@ -32,22 +31,22 @@ def main() -> None:
     args = parser.parse_args()
 
     recipe = load_recipe(args.recipe, args.overrides)
-    train, valid, spec = load_tables(recipe)
-    train_y, valid_y = encode_targets(train, spec), encode_targets(valid, spec)
-    columns = recipe.data.text_columns
+    train, valid = read_training_examples(recipe)
+    spec, train_y, valid_y = train.task, train.labels, valid.labels
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
-    train_x = vectorizer.fit_transform(read_texts(train, columns, " "))
-    valid_x = vectorizer.transform(read_texts(valid, columns, " "))
+    train_x = vectorizer.fit_transform([" ".join(row) for row in zip(*train.texts.values())])
+    valid_x = vectorizer.transform([" ".join(row) for row in zip(*valid.texts.values())])
     if spec.is_regression:
         model = RidgeCV(alphas=np.logspace(-1, 2, 10)).fit(train_x, train_y)
         outputs = model.predict(valid_x)
     else:
         model = LogisticRegression(C=2.0, max_iter=2000).fit(train_x, train_y)
-        outputs = model.decision_function(valid_x)  # logits; postprocess applies the softmax
+        outputs = model.decision_function(valid_x)  # logits; the softmax step makes probabilities
     metric, _ = best_metric(spec)
+    postprocess = PostProcessing((Clip().fit(None, train_y) if spec.is_regression else Softmax(),))
     results = {
         "constant": baseline_metrics(train_y, valid_y, spec)[metric],
-        "tfidf": task_metrics(outputs, valid_y, spec)[metric],
+        "tfidf": task_metrics(outputs, valid_y, spec, postprocess)[metric],
     }
     if args.bundle:
         results["texttune"] = json.loads((args.bundle / "metrics.json").read_text())["valid"][metric]

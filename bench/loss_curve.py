@@ -19,8 +19,9 @@ import numpy as np
 from transformers import TrainerCallback
 
 from texttune.config import Stage, load_recipe
-from texttune.task import fit_to_training_rows, infer_task
-from texttune.training import prepare, stage_trainer
+from texttune.prepare import prepare
+from texttune.task import parse_examples
+from texttune.training import stage_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"sst5": ("examples/sst5.yaml", "sst5_train.tsv"), "ellipse": ("examples/ellipse.yaml", "ellipse_train.csv")}
@@ -42,9 +43,9 @@ def curve(workload: str, precision: str, steps: int) -> list[float]:
     recipe = load_recipe(ROOT / recipe_path, [f"training.precision={precision}", "training.stages=null"])
     frame = read_table(ROOT / ".." / "shared" / "data" / data).sample(n=steps * recipe.training.batch_size + 8,
                                                                        random_state=0)  # fmt: skip
-    train_rows, valid_rows = frame.iloc[:-8], frame.iloc[-8:]
-    spec = infer_task(frame, recipe.data.target_columns, recipe.task)
-    prepared = prepare(recipe, (train_rows, valid_rows, fit_to_training_rows(spec, train_rows)))
+    examples = parse_examples(frame.reset_index(drop=True), recipe.data, recipe.task)
+    rows = np.arange(len(examples))
+    prepared = prepare(recipe, (examples.subset(rows[:-8]), examples.subset(rows[-8:])))
     losses = Losses()
     with tempfile.TemporaryDirectory() as scratch:
         trainer = stage_trainer(prepared, Stage(epochs=1), 0, scratch, [losses])

@@ -104,16 +104,17 @@ def run_texttune(workload: str, steps: int, warmup: int, callbacks: tuple = ()) 
     """texttune's default training path on (warmup + steps) batches, one epoch, no tricks."""
     from texttune import training
     from texttune.config import load_recipe
-    from texttune.task import fit_to_training_rows, infer_task
+    from texttune.prepare import prepare
+    from texttune.task import parse_examples
 
     batch_size = WORKLOADS[workload]["batch_size"]
     overrides = [f"training.batch_size={batch_size}", "training.evals_per_epoch=1", "training.stages=null",
                  "training.epochs=1", "training.scheduler=linear"]  # fmt: skip
     recipe = load_recipe(ROOT / WORKLOADS[workload]["recipe"], overrides)
     frame = _rows(workload, (warmup + steps) * batch_size + 8)
-    train_rows, valid_rows = frame.iloc[:-8], frame.iloc[-8:]
-    spec = infer_task(frame, recipe.data.target_columns, recipe.task)
-    prepared = training.prepare(recipe, (train_rows, valid_rows, fit_to_training_rows(spec, train_rows)))
+    examples = parse_examples(frame.reset_index(drop=True), recipe.data, recipe.task)
+    rows = np.arange(len(examples))
+    prepared = prepare(recipe, (examples.subset(rows[:-8]), examples.subset(rows[-8:])))
     model = prepared.model
     meter, clock = TokenMeter(), StepClock()
     model.register_forward_pre_hook(meter, with_kwargs=True)

@@ -12,9 +12,9 @@ import yaml
 
 from texttune.metrics import task_metrics
 from texttune.predictor import Predictor
+from texttune.prepare import read_training_examples
 from texttune.task import Examples
 from texttune.testing import build_tiny_backbone, synthetic_table
-from texttune.training import read_training_examples
 
 # One thread: on a loaded 2-core box a tiny step took 1.2 s with 2 threads and 3 ms with 1.
 torch.set_num_threads(1)

@@ -21,8 +21,9 @@ from texttune.models.layer_groups import layer_groups
 from texttune.pipeline import PaddingCollator, TextPipeline
 from texttune.policy import Rates
 from texttune.policy.callbacks import KeepBest
+from texttune.prepare import prepare
 from texttune.testing import TINY_FAMILIES, build_tiny_backbone, synthetic_table
-from texttune.training import prepare, stage_trainer
+from texttune.training import stage_trainer
 
 SHORT = "a good film"
 LONG = "the film was good but the music was dull and the plot was very boring and the actor was quite awful"

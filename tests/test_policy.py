@@ -15,7 +15,8 @@ from texttune import load_recipe, train
 from texttune.config import Stage
 from texttune.policy.callbacks import KeepBest, WeightAveraging
 from texttune.policy.param_groups import level_rates
-from texttune.training import prepare, stage_trainer
+from texttune.prepare import prepare
+from texttune.training import stage_trainer
 
 
 def test_average_follows_the_decay_and_swaps_back() -> None:

@@ -14,7 +14,8 @@ from texttune import load_recipe
 from texttune.config import Stage
 from texttune.data import LengthGroupedBatchSampler
 from texttune.policy import Rates
-from texttune.training import fit, prepare, stage_trainer
+from texttune.prepare import prepare
+from texttune.training import fit, stage_trainer
 
 
 class _Batches:

@@ -23,9 +23,9 @@ from texttune.errors import TexttuneError
 from texttune.models import create_loss
 from texttune.policy import ExponentialSweep, Rates
 from texttune.policy.lr_finder import SUGGESTIONS, LRFinder, fine_tuning_start
+from texttune.prepare import prepare
 from texttune.tracking import recipe_params, record_lr_find, start_run
 from texttune.trainer import TexttuneTrainer, training_arguments
-from texttune.training import prepare
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def lr_find(
         raise TexttuneError(f"lr-find: need 0 < start < end (got start={start}, end={end})")
     prepared = prepare(recipe)
     training = recipe.training
-    rates = Rates(training.learning_rate, training.head_learning_rate, training.layer_decay, training.weight_decay)
+    rates = Rates.of(training)
     top = rates.top(prepared.model)  # the swept rate is the encoder's top level; the others keep their ratio to it
     finder = LRFinder((start * (end / start) ** (np.arange(steps) / max(1, steps - 1))).tolist())
     with tempfile.TemporaryDirectory(prefix=".texttune-lr-find-") as scratch:

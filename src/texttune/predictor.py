@@ -24,7 +24,7 @@ from texttune.errors import TexttuneError
 from texttune.pipeline import Features, TextPipeline
 from texttune.postprocess import softmax
 from texttune.runners import Runner, TorchRunner
-from texttune.task import TaskSpec
+from texttune.task import Examples, TaskSpec
 
 
 class Predictor:
@@ -136,6 +136,21 @@ class Predictor:
         labels = np.asarray(self.task.labels, dtype=object)[scores.argmax(axis=1)]
         probabilities = pd.DataFrame(scores, columns=[f"prob_{label}" for label in self.task.labels])
         return pd.concat([pd.DataFrame({"label": labels}), probabilities], axis=1)
+
+    def prediction_table(self, examples: Examples, outputs: np.ndarray) -> pd.DataFrame:
+        """Labelled examples' truth next to their predictions: `row` (position in the source table), the id, the
+        targets, `pred_<target>` (and `prob_<class>`), then the raw head outputs `raw_<target or class>`. A bundle's
+        valid_predictions.csv; cross-validation gathers them as its out-of-fold table."""
+        spec, id_column = self.task, self.info.id_column
+        table = pd.DataFrame(
+            {"row": examples.rows, **({id_column: examples.ids} if id_column else {}), **examples.truth}
+        )
+        names = list(spec.target_columns) if spec.is_regression else ["label"]
+        renamed = {name: f"pred_{column}" for name, column in zip(names, spec.target_columns)}
+        raw = pd.DataFrame(
+            outputs, columns=[f"raw_{n}" for n in (spec.target_columns if spec.is_regression else spec.labels)]
+        )
+        return pd.concat([table, self.predictions(outputs).rename(columns=renamed), raw], axis=1)
 
     def predict(self, texts: Sequence[str]) -> pd.DataFrame:
         """Scores per target, or the label and per-class probabilities, one row per text in input order."""

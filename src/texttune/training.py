@@ -13,28 +13,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-from transformers import TrainerCallback, set_seed
+from transformers import TrainerCallback
 
 from texttune import plots
 from texttune._hardware import use_bf16
 from texttune._malloc import retain_freed_memory
 from texttune.bundle import BUNDLE_FILE, VALID_PREDICTIONS, BundleInfo, save_bundle
 from texttune.config import Recipe, Stage
-from texttune.data import EncodedDataset
 from texttune.errors import TexttuneError
 from texttune.history import Entry, History
-from texttune.metrics import baseline_metrics, best_metric, make_compute_metrics
-from texttune.models import TextModel, create_loss, load_backbone
-from texttune.models.registry import check_max_length
-from texttune.pipeline import Features, TextPipeline
+from texttune.metrics import best_metric, make_compute_metrics
+from texttune.models import create_loss
 from texttune.policy import OneCycle, Rates
 from texttune.policy.callbacks import KeepBest, WeightAveraging
-from texttune.postprocess import Clip, PostProcessing, Softmax
 from texttune.predictor import Predictor
+from texttune.prepare import Prepared, prepare
 from texttune.runners import TorchRunner
-from texttune.task import Examples, TaskSpec, read_examples, split_examples
+from texttune.task import Examples
 from texttune.tracking import TrackedRun, log_entry, recipe_params, record_bundle, start_run
 from texttune.trainer import TexttuneTrainer, training_arguments
 
@@ -52,58 +47,6 @@ class TrainResult:
     model_version: str | None = None  # e.g. models:/demo/3; None without tracking
 
 
-def read_training_examples(recipe: Recipe) -> tuple[Examples, Examples]:
-    """`data.train` and `data.valid` parsed into examples, or `data.train` split by `data.valid_fraction`."""
-    data = recipe.data
-    examples = read_examples(data.train, data, recipe.task)
-    if data.valid is None:
-        return split_examples(examples, data.valid_fraction, recipe.training.seed)
-    return examples, read_examples(data.valid, data, examples.task)
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """Everything a run needs before its first step: the examples tokenized once, and the untrained model."""
-
-    recipe: Recipe
-    spec: TaskSpec  # with the training rows' statistics
-    pipeline: TextPipeline
-    postprocess: PostProcessing  # fitted on the training rows
-    model: TextModel
-    train_set: EncodedDataset
-    valid_set: EncodedDataset  # sorted by length: metrics do not depend on order, and sorted batches pad least
-    valid: Examples
-    valid_features: list[Features]  # in the order of `valid`
-    baseline: dict[str, float]
-
-
-def prepare(recipe: Recipe, examples: tuple[Examples, Examples] | None = None) -> Prepared:
-    """Read the data (or take `examples`, training and validation, e.g. a cross-validation fold), load the
-    encoder, tokenize each example once, and build the model with its seeded head.
-
-    Raises:
-        TexttuneError: bad data or configuration, before any training starts.
-    """
-    set_seed(recipe.training.seed)
-    train, valid = examples or read_training_examples(recipe)
-    logger.info("%d training rows, %d validation rows", len(train), len(valid))
-    spec = train.task.with_statistics(train.labels)
-    backbone, tokenizer = load_backbone(recipe.model.backbone, recipe.model.backbone_dropout, recipe.model.attention)
-    check_max_length(backbone, recipe.model.max_length)
-    pipeline = TextPipeline.create(tokenizer, recipe.data.text_columns, recipe.model.max_length)
-    train_features, valid_features = (pipeline.encode(pipeline.join(part.texts)) for part in (train, valid))
-    order = np.argsort([len(f["input_ids"]) for f in valid_features], kind="stable")
-    valid_set = EncodedDataset([valid_features[i] for i in order], valid.labels[order].tolist())
-    set_seed(recipe.training.seed)
-    initial_bias = spec.target_mean if spec.is_regression else None
-    model = TextModel(backbone, recipe.model.pooling, spec.num_outputs, recipe.model.head_dropout, initial_bias)
-    step = Clip().fit(None, train.labels) if spec.is_regression else Softmax()
-    postprocess = PostProcessing((step,) if recipe.task.clip_predictions or not spec.is_regression else ())
-    baseline = baseline_metrics(train.labels, valid.labels, spec)
-    train_set = EncodedDataset(train_features, train.labels.tolist())
-    return Prepared(recipe, spec, pipeline, postprocess, model, train_set, valid_set, valid, valid_features, baseline)
-
-
 def stage_trainer(
     prepared: Prepared, stage: Stage, index: int, scratch: str, callbacks: Sequence[TrainerCallback]
 ) -> TexttuneTrainer:
@@ -116,8 +59,7 @@ def stage_trainer(
     max_steps = max(1, math.ceil(round(per_epoch * stage.epochs, 6)))  # 50 * 1.1 is 55.00000000000001
     eval_steps = max(1, math.ceil(per_epoch / training.evals_per_epoch))
     model.freeze_to(None if stage.unfreeze == "all" else stage.unfreeze)
-    rates = Rates(stage.learning_rate or training.learning_rate, training.head_learning_rate, training.layer_decay,
-                  training.weight_decay)  # fmt: skip
+    rates = Rates.of(training, stage.learning_rate)
     args = training_arguments(
         training,
         max_steps,
@@ -207,20 +149,6 @@ def train(
     return TrainResult(output, result.metrics, prepared.baseline, seconds, version)
 
 
-def validation_table(valid: Examples, outputs: np.ndarray, predictor: Predictor) -> pd.DataFrame:
-    """The validation rows' truth next to the model's predictions: `row` (position in the source table), the id,
-    the targets, `pred_<target>` (and `prob_<class>`), then the raw head outputs `raw_<target or class>`.
-    Cross-validation gathers these as its out-of-fold table."""
-    spec, id_column = predictor.task, predictor.info.id_column
-    table = pd.DataFrame({"row": valid.rows, **({id_column: valid.ids} if id_column else {}), **valid.truth})
-    predicted = predictor.predictions(outputs)  # target columns, or label + prob_<class>
-    names = list(spec.target_columns) if spec.is_regression else ["label"]
-    predicted = predicted.rename(columns={name: f"pred_{column}" for name, column in zip(names, spec.target_columns)})
-    raw_names = spec.target_columns if spec.is_regression else spec.labels
-    raw = pd.DataFrame(outputs, columns=[f"raw_{name}" for name in raw_names])
-    return pd.concat([table, predicted, raw], axis=1)
-
-
 def _write_bundle(prepared: Prepared, result: Fit, seconds: float) -> None:
     """The bundle in `output.dir`, with its report, curves and validation predictions."""
     recipe, spec, history = prepared.recipe, prepared.spec, result.history
@@ -250,6 +178,6 @@ def _write_bundle(prepared: Prepared, result: Fit, seconds: float) -> None:
     curves = plots.training_curves(train_log, evaluations, best_metric(spec)[0], history.stage_starts)
     extra_files = {
         "training_curves.png": curves,
-        VALID_PREDICTIONS: validation_table(prepared.valid, outputs, predictor).to_csv(index=False).encode(),
+        VALID_PREDICTIONS: predictor.prediction_table(prepared.valid, outputs).to_csv(index=False).encode(),
     }
     save_bundle(recipe.output.dir, prepared.model, prepared.pipeline, info, report, recipe.to_dict(), extra_files)

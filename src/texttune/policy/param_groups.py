@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from texttune.config import LearningRate
+from texttune.config import LearningRate, TrainingConfig
 from texttune.models.heads import TextModel
 
 
@@ -52,6 +52,14 @@ class Rates:
     head_learning_rate: float | None = None
     layer_decay: float = 1.0
     weight_decay: float = 0.01
+
+    @classmethod
+    def of(cls, training: TrainingConfig, learning_rate: LearningRate | None = None) -> Rates:
+        """The recipe's rates; `learning_rate` (a stage's) replaces `training.learning_rate`."""
+        return cls(
+            learning_rate or training.learning_rate, training.head_learning_rate, training.layer_decay,
+            training.weight_decay,
+        )  # fmt: skip
 
     def of_levels(self, levels: int) -> list[float]:
         return level_rates(self.learning_rate, levels, self.head_learning_rate, self.layer_decay)

@@ -19,8 +19,8 @@ from sklearn.linear_model import LogisticRegression, RidgeCV
 
 from texttune.config import load_recipe
 from texttune.metrics import baseline_metrics, best_metric, task_metrics
-from texttune.postprocess import Clip, PostProcessing, Softmax
-from texttune.prepare import read_training_examples
+from texttune.postprocess import PostProcessing
+from texttune.prepare import read_training_examples, training_task
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
 
     recipe = load_recipe(args.recipe, args.overrides)
     train, valid = read_training_examples(recipe)
-    spec, train_y, valid_y = train.task, train.labels, valid.labels
+    spec, train_y, valid_y = training_task(train), train.labels, valid.labels
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
     train_x = vectorizer.fit_transform([" ".join(row) for row in zip(*train.texts.values())])
     valid_x = vectorizer.transform([" ".join(row) for row in zip(*valid.texts.values())])
@@ -43,7 +43,7 @@ def main() -> None:
         model = LogisticRegression(C=2.0, max_iter=2000).fit(train_x, train_y)
         outputs = model.decision_function(valid_x)  # logits; the softmax step makes probabilities
     metric, _ = best_metric(spec)
-    postprocess = PostProcessing((Clip().fit(None, train_y) if spec.is_regression else Softmax(),))
+    postprocess = PostProcessing.for_task(spec, recipe.task.clip_predictions)
     results = {
         "constant": baseline_metrics(train_y, valid_y, spec)[metric],
         "tfidf": task_metrics(outputs, valid_y, spec, postprocess)[metric],

@@ -150,3 +150,18 @@ def test_max_length_beyond_the_position_table(write_recipe, capsys) -> None:
     assert "model.max_length 600 is longer than bert supports (512); set model.max_length to 512 or less" in (
         capsys.readouterr().err
     )
+
+
+def test_a_separate_validation_file_keeps_the_statistics_as_read(write_recipe, tmp_path: Path) -> None:
+    """With data.valid the whole table trains and its range and mean come from the values as written (float64),
+    as format-1 releases computed them: 4.99 stays 4.99, not float32's 4.989999771."""
+    path = write_recipe("regression", rows=40)
+    recipe = load_recipe(path)
+    table = pd.read_csv(recipe.data.train)
+    table.loc[0, "warmth"] = 4.99
+    table.to_csv(recipe.data.train, index=False)
+    table.head(10).to_csv(tmp_path / "valid.csv", index=False)
+    result = train(load_recipe(path, [f"data.valid={tmp_path / 'valid.csv'}", "training.epochs=1"]))
+    info = json.loads((result.bundle / "texttune.json").read_text())
+    assert info["task"]["target_max"][0] == 4.99 and info["postprocess"][0]["high"][0] == 4.99
+    assert info["task"]["target_mean"] == pytest.approx(table[["warmth", "gloom"]].mean().tolist(), abs=1e-12)

@@ -116,6 +116,10 @@ def _fold_predictions(run: Path, folds: int, spec: TaskSpec, id_column: str | No
         frame.insert(1, "fold", fold)
         frames.append(frame)
     oof = pd.concat(frames)
+    raw = [c for c in oof.columns if c.startswith("raw_")]
+    if oof[raw].isna().any().any():  # folds written before raw outputs were kept (a resumed older run)
+        logger.info("some folds have no raw_ columns; the OOF table leaves them out")
+        oof = oof.drop(columns=raw)
     numbers = ["row"] + [c for c in oof.columns if c.startswith(("prob_", "raw_"))]
     if spec.is_regression:
         numbers += [*spec.target_columns, *(f"pred_{c}" for c in spec.target_columns)]

@@ -1,8 +1,8 @@
 """The one reader of the Trainer's logs: each log dict parsed once into an `Entry` on the whole run's step axis.
 
 Gradual unfreezing trains one Trainer per stage, each counting steps from zero; `History` adds the steps and epochs
-of the stages before, once, so metrics.json, the curves, the progress bar and the tracking store read the same
-entries.
+of the stages before, once, so metrics.json, the curves and the tracking store read the same entries (the progress
+bar shares `parse_log`).
 """
 
 from __future__ import annotations
@@ -60,11 +60,15 @@ class History(TrainerCallback):
     """Collects every stage's log entries on one axis and passes each to `listeners` as it arrives.
 
     One instance joins every stage's Trainer. `stage_starts` holds the step at which each stage after the first
-    began (the dashed lines of the training curves).
+    began (the dashed lines of the training curves). A stage's epochs on the run's axis are its planned ones
+    (`stage_epochs`, e.g. 0.5 for a stage of 63 of 125 steps), else those the Trainer counted.
     """
 
-    def __init__(self, listeners: Sequence[Callable[[Entry], None]] = ()) -> None:
+    def __init__(
+        self, listeners: Sequence[Callable[[Entry], None]] = (), stage_epochs: Sequence[float] | None = None
+    ) -> None:
         self.listeners = list(listeners)
+        self.stage_epochs = stage_epochs
         self.entries: list[Entry] = []
         self.stage = -1
         self.steps_before = 0
@@ -89,7 +93,7 @@ class History(TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.steps_before += state.global_step
-        self.epochs_before += state.epoch or 0.0
+        self.epochs_before += self.stage_epochs[self.stage] if self.stage_epochs else state.epoch or 0.0
 
     def of_kind(self, kind: Literal["train", "eval"]) -> list[Entry]:
         return [entry for entry in self.entries if entry.kind == kind]

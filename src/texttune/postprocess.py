@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from texttune.errors import TexttuneError
+from texttune.task import TaskSpec
 
 
 def softmax(outputs: np.ndarray) -> np.ndarray:
@@ -75,6 +76,13 @@ class PostProcessing:
     """The steps a model's outputs go through, in order; empty for raw regression scores."""
 
     steps: tuple[Step, ...] = ()
+
+    @classmethod
+    def for_task(cls, task: TaskSpec, clip: bool = True) -> PostProcessing:
+        """A new model's steps: softmax for classes; for scores, clipping to the task's (training) range if `clip`."""
+        if not task.is_regression:
+            return cls((Softmax(),))
+        return cls((Clip(task.target_min, task.target_max),) if clip else ())
 
     def apply(self, outputs: np.ndarray) -> np.ndarray:
         result = np.asarray(outputs, dtype=np.float64)

@@ -16,14 +16,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from texttune._hardware import use_bf16
 from texttune._io import atomic_file
 from texttune.bundle import ENSEMBLE_FILE, MODEL_URI_PREFIX, BundleInfo, load_bundle, load_ensemble
 from texttune.data import read_table, read_texts, require_columns
 from texttune.errors import TexttuneError
 from texttune.pipeline import Features, TextPipeline
 from texttune.postprocess import softmax
-from texttune.runners import Runner, TorchRunner
+from texttune.runners import Runner, TorchRunner, runs_in_bf16
 from texttune.task import Examples, TaskSpec
 
 
@@ -97,7 +96,7 @@ class Predictor:
         else:
             members = [load_bundle(path)]
             info = members[0].info
-        bf16 = use_bf16(precision) and info.precision == "bf16"
+        bf16 = runs_in_bf16(info.precision, precision)
         return cls([TorchRunner(member.model, bf16) for member in members], members[0].pipeline, info, **kwargs)
 
     @property

@@ -6,7 +6,7 @@ baseline, and the model with its seeded head.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from transformers import set_seed
@@ -17,7 +17,7 @@ from texttune.metrics import baseline_metrics
 from texttune.models import TextModel, load_backbone
 from texttune.models.registry import check_max_length
 from texttune.pipeline import Features, TextPipeline
-from texttune.postprocess import Clip, PostProcessing, Softmax
+from texttune.postprocess import PostProcessing
 from texttune.task import Examples, TaskSpec, read_examples, split_examples
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,15 @@ def read_training_examples(recipe: Recipe) -> tuple[Examples, Examples]:
     examples = read_examples(data.train, data, recipe.task)
     if data.valid is None:
         return split_examples(examples, data.valid_fraction, recipe.training.seed)
-    return examples, read_examples(data.valid, data, examples.task)
+    # The whole table trains: its statistics from the values as read (float64), as format-1 releases did, so that
+    # a recipe keeps giving the same model. After a split, `prepare` takes them from the float32 training labels.
+    train = replace(examples, task=examples.task.with_statistics(examples.targets))
+    return train, read_examples(data.valid, data, train.task)
+
+
+def training_task(train: Examples) -> TaskSpec:
+    """The task with the training rows' statistics: as read with `data.valid`, else from the float32 labels."""
+    return train.task if train.task.target_mean else train.task.with_statistics(train.labels)
 
 
 @dataclass(frozen=True)
@@ -39,7 +47,7 @@ class Prepared:
     recipe: Recipe
     spec: TaskSpec  # with the training rows' statistics
     pipeline: TextPipeline
-    postprocess: PostProcessing  # fitted on the training rows
+    postprocess: PostProcessing  # clipping to the training rows' range, or softmax
     model: TextModel
     train_set: EncodedDataset
     valid_set: EncodedDataset  # sorted by length: metrics do not depend on order, and sorted batches pad least
@@ -58,7 +66,7 @@ def prepare(recipe: Recipe, examples: tuple[Examples, Examples] | None = None) -
     set_seed(recipe.training.seed)
     train, valid = examples or read_training_examples(recipe)
     logger.info("%d training rows, %d validation rows", len(train), len(valid))
-    spec = train.task.with_statistics(train.labels)
+    spec = training_task(train)
     backbone, tokenizer = load_backbone(recipe.model.backbone, recipe.model.backbone_dropout, recipe.model.attention)
     check_max_length(backbone, recipe.model.max_length)
     pipeline = TextPipeline.create(tokenizer, recipe.data.text_columns, recipe.model.max_length)
@@ -68,8 +76,7 @@ def prepare(recipe: Recipe, examples: tuple[Examples, Examples] | None = None) -
     set_seed(recipe.training.seed)
     initial_bias = spec.target_mean if spec.is_regression else None
     model = TextModel(backbone, recipe.model.pooling, spec.num_outputs, recipe.model.head_dropout, initial_bias)
-    step = Clip().fit(None, train.labels) if spec.is_regression else Softmax()
-    postprocess = PostProcessing((step,) if recipe.task.clip_predictions or not spec.is_regression else ())
+    postprocess = PostProcessing.for_task(spec, recipe.task.clip_predictions)
     baseline = baseline_metrics(train.labels, valid.labels, spec)
     train_set = EncodedDataset(train_features, train.labels.tolist())
     return Prepared(recipe, spec, pipeline, postprocess, model, train_set, valid_set, valid, valid_features, baseline)

@@ -12,7 +12,14 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from texttune._hardware import use_bf16
 from texttune.models.heads import TextModel
+
+
+def runs_in_bf16(trained: str, precision: str = "auto") -> bool:
+    """Whether a model trained in `trained` precision predicts in bf16 here: only one trained in bf16, and only
+    where `precision` allows (auto: this machine has fast bf16; fp32: never)."""
+    return trained == "bf16" and use_bf16(precision)
 
 
 class Runner(Protocol):

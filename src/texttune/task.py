@@ -48,16 +48,16 @@ class TaskSpec:
     def is_regression(self) -> bool:
         return self.kind == "regression"
 
-    def with_statistics(self, labels: np.ndarray) -> TaskSpec:
-        """The spec with the range and mean of these (training) labels, so validation rows never leak into the
-        model. Computed on the float32 labels the model trains on, so the head's bias is exactly their mean."""
+    def with_statistics(self, targets: np.ndarray) -> TaskSpec:
+        """The spec with the range and mean of these (training) targets, (N, T), so validation rows never leak into
+        the model; classes are returned as they are."""
         if not self.is_regression:
             return self
         return replace(
             self,
-            target_min=tuple(labels.min(axis=0).tolist()),
-            target_max=tuple(labels.max(axis=0).tolist()),
-            target_mean=tuple(labels.mean(axis=0).tolist()),
+            target_min=tuple(targets.min(axis=0).tolist()),
+            target_max=tuple(targets.max(axis=0).tolist()),
+            target_mean=tuple(targets.mean(axis=0).tolist()),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -271,11 +271,11 @@ def parse_examples(
         ids = frame[data.id_column].to_numpy(dtype=object)
     spec = task if isinstance(task, TaskSpec) else infer_task(frame, data.target_columns, task)
     groups = folds = None
-    if cv is not None and cv.group_column:
-        require_columns(frame, [cv.group_column], "group")
-        groups = frame[cv.group_column].to_numpy(dtype=object)
     if cv is not None and cv.fold_column in frame.columns:
         folds = _given_folds(frame, cv)
+    elif cv is not None and cv.group_column:  # groups only matter when the folds are made here
+        require_columns(frame, [cv.group_column], "group")
+        groups = frame[cv.group_column].to_numpy(dtype=object)
     rows = np.arange(len(frame))
     return Examples(source_of(frame), spec, rows, texts, encode_targets(frame, spec), ids, groups, folds)
 

@@ -97,13 +97,16 @@ class TexttuneTrainer(Trainer):
         """The optimizer of `args.optim` with `args`' betas and epsilon, over the policy's parameter groups."""
         if self.optimizer is None:
             model = self.model if model is None else model
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(
+                self.args, model
+            )
             self.optimizer = optimizer_cls(self.rates.param_groups(model), **optimizer_kwargs)
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer: Optimizer | None = None) -> LRScheduler:
         if self.lr_scheduler is None and self.schedule is not None:
             self.lr_scheduler = self.schedule(optimizer or self.optimizer, num_training_steps)
+            self._created_lr_scheduler = True  # as the Trainer marks its own: a second train() builds a new one
         return super().create_scheduler(num_training_steps, optimizer)
 
     def compute_loss(

@@ -28,7 +28,7 @@ from texttune.policy import OneCycle, Rates
 from texttune.policy.callbacks import KeepBest, WeightAveraging
 from texttune.predictor import Predictor
 from texttune.prepare import Prepared, prepare
-from texttune.runners import TorchRunner
+from texttune.runners import TorchRunner, runs_in_bf16
 from texttune.task import Examples
 from texttune.tracking import TrackedRun, log_entry, recipe_params, record_bundle, start_run
 from texttune.trainer import TexttuneTrainer, training_arguments
@@ -101,9 +101,10 @@ def fit(
     in any stage's evaluations. `callbacks` join every stage's Trainer; `listeners` get each log entry (tracking)."""
     retain_freed_memory()  # see texttune._malloc: reuse large buffers instead of page-faulting them in every step
     metric, greater_is_better = best_metric(prepared.spec)
-    keep_best, history = KeepBest(metric, greater_is_better), History(listeners)
+    stages = prepared.recipe.training.stage_plan()
+    keep_best, history = KeepBest(metric, greater_is_better), History(listeners, [stage.epochs for stage in stages])
     with tempfile.TemporaryDirectory(prefix=".texttune-scratch-") as scratch:
-        for index, stage in enumerate(prepared.recipe.training.stage_plan()):
+        for index, stage in enumerate(stages):
             stage_trainer(prepared, stage, index, scratch, [keep_best, history, *callbacks]).train()
     keep_best.restore(prepared.model)
     prepared.model.freeze_to(None)
@@ -164,7 +165,7 @@ def _write_bundle(prepared: Prepared, result: Fit, seconds: float) -> None:
         head_dropout=recipe.model.head_dropout,
         precision="bf16" if use_bf16(recipe.training.precision) else "fp32",
     )
-    predictor = Predictor([TorchRunner(prepared.model, info.precision == "bf16")], prepared.pipeline, info)
+    predictor = Predictor([TorchRunner(prepared.model, runs_in_bf16(info.precision))], prepared.pipeline, info)
     outputs = predictor.outputs_of(prepared.valid_features)
     report = {
         "valid": result.metrics,

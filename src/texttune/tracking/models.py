@@ -27,10 +27,6 @@ _URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+|latest)|@(?P<ali
 _MEMBER = re.compile(r"fold-\d+")
 
 
-def is_model_uri(path: str | Path) -> bool:
-    return str(path).startswith("models:/")
-
-
 def cache_root() -> Path:
     return Path(os.environ.get("TEXTTUNE_CACHE") or Path.home() / ".cache" / "texttune")
 

@@ -120,8 +120,38 @@ def test_labels_and_ids_survive_the_oof_round_trip(write_recipe, tmp_path: Path)
 def test_force_keeps_a_matching_run_and_leftovers_are_swept(write_recipe, tmp_path: Path, monkeypatch) -> None:
     recipe = _recipe(write_recipe, tmp_path, "run")
     first = run_cv(recipe).report
-    (recipe.output.dir / ".tmp-1234-cv_run.json").write_text("{")  # a write killed half-way
-    (recipe.output.dir / ".fold-1.tmp-5678").mkdir()
+    (recipe.output.dir / ".tmp-1234abcd-cv_run.json").write_text("{")  # a write killed half-way
+    (recipe.output.dir / ".fold-1.tmp-5678abcd").mkdir()
     monkeypatch.setattr(texttune.cv, "train", lambda *a: pytest.fail("a complete fold was trained again"))
     assert _metrics(run_cv(recipe, force=True).report) == _metrics(first)
     assert not list(recipe.output.dir.glob(".*"))
+
+
+def test_a_folder_that_is_not_a_run_is_refused_untouched(write_recipe, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "project"
+    (folder / ".git").mkdir(parents=True)
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (folder / ".env").write_text("TOKEN=1\n")
+    (folder / "notes.txt").write_text("mine\n")
+    path = write_recipe("regression", rows=30, cv={"folds": 2})
+    assert main(["-q", "cv", str(path), "--set", f"output.dir={folder}"]) == 2
+    assert "is not a texttune cv run (it holds .env, .git, notes.txt)" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == [".env", ".git", "notes.txt"]
+    assert (folder / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"
+
+
+def test_a_run_stopped_by_bad_data_does_not_hold_its_folder(write_recipe, tmp_path: Path) -> None:
+    path = write_recipe("regression", rows=30, cv={"folds": 2})
+    table = Path(load_recipe(path).data.train)
+    good = table.read_text()
+    frame = pd.read_csv(table, dtype=str).assign(fold="0")  # fold 1 has no rows
+    frame.to_csv(table, index=False)
+    recipe = load_recipe(path, [f"output.dir={tmp_path / 'run'}", "training.epochs=1"])
+    with pytest.raises(TexttuneError, match="has no rows for fold"):
+        run_cv(recipe)
+    assert not (tmp_path / "run").exists()
+    table.write_text(good)
+    # a run whose data changed before any fold finished starts over without --force
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "cv_run.json").write_text(json.dumps({"settings": {}, "data_sha256": "old"}))
+    assert run_cv(recipe).report["folds"] == 2

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+# The names of the staging files and folders below: a dot, then the target's name and a tag of 8 hex digits.
+_STAGING = re.compile(r"^\.(?:.+\.(?:tmp|old)-[0-9a-f]{8}|tmp-[0-9a-f]{8}-.+)$")
+
+
+def is_staging(path: Path) -> bool:
+    """Whether `path` is a staging file or folder that these writers made (and a killed write left behind)."""
+    return bool(_STAGING.match(path.name))
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix
 
 from texttune import plots
-from texttune._io import atomic_file
+from texttune._io import atomic_file, is_staging
 from texttune.bundle import BUNDLE_FILE, ENSEMBLE_FILE, VALID_PREDICTIONS, WEIGHTS_FILE
 from texttune.config import Recipe
 from texttune.data import read_table
@@ -76,19 +76,28 @@ def _changes(run: Path, fingerprint: dict[str, Any]) -> list[str]:
 
 
 def _claim(run: Path, fingerprint: dict[str, Any], force: bool) -> None:
-    """Start a run in `run`, or resume the one there if it was made by the same recipe and data."""
+    """Start a run in `run`, or resume the one there if it was made by the same recipe and data.
+
+    Only texttune's own files are ever removed: a folder holding anything else is refused untouched. A run whose
+    recipe or data changed is discarded with --force, or without it when none of its folds was complete (a run
+    that stopped on bad data costs nothing to start over).
+    """
     if run.exists() and not run.is_dir():
         raise TexttuneError(f"output.dir {run} is a file; a cv run needs a directory: choose another output.dir")
-    for leftover in run.glob(".*"):  # staging of writes that were killed
-        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
     entries = list(run.iterdir()) if run.exists() else []
-    if entries:
-        if not all(any(e.match(pattern) for pattern in (*_OUTPUTS, RUN_FILE)) for e in entries):
-            raise TexttuneError(
-                f"output.dir {run} exists and is not a texttune cv run; choose another output.dir or remove it"
-            )
+    kept = [entry for entry in entries if not is_staging(entry)]
+    foreign = [e.name for e in kept if not any(e.match(pattern) for pattern in (*_OUTPUTS, RUN_FILE))]
+    if foreign:
+        raise TexttuneError(
+            f"output.dir {run} exists and is not a texttune cv run (it holds {', '.join(sorted(foreign)[:3])}); "
+            "choose another output.dir"
+        )
+    for leftover in filter(is_staging, entries):  # staging of writes that were killed
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    if kept:
         changed = _changes(run, fingerprint)
-        if changed and not force:
+        started = any(_is_complete(fold) for fold in run.glob("fold-*"))
+        if changed and started and not force:
             raise TexttuneError(
                 f"{run} holds a cv run of another recipe or data (changed: {', '.join(changed[:5])}); "
                 "use another output.dir, or --force to discard it and start over"
@@ -185,8 +194,8 @@ def run_cv(recipe: Recipe, force: bool = False) -> CVResult:
     spec = examples.task
     if data.valid is not None:
         logger.warning("cv validates every row of data.train once; data.valid (%s) is not used", data.valid)
+    folds = make_folds(examples, recipe.cv, recipe.training.seed)  # bad data stops before the folder is claimed
     _claim(run, _fingerprint(recipe), force)
-    folds = make_folds(examples, recipe.cv, recipe.training.seed)
     assignment = pd.DataFrame({"row": examples.rows, "fold": folds})
     if data.id_column:
         assignment.insert(1, data.id_column, examples.ids)

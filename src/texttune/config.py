@@ -145,6 +145,12 @@ class TrainingConfig(_Section):
     group_by_length: bool = Field(True, description="Batch texts of similar length to pad less.")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 where the hardware has it.")
     seed: int = 42
+    checkpoints: bool = Field(
+        True,
+        description="Write a checkpoint into output.dir/.checkpoints at each evaluation (and see checkpoint_minutes), "
+        "so a killed run resumes where it stopped; the finished bundle replaces them.",
+    )
+    checkpoint_minutes: float = Field(10.0, gt=0, description="Checkpoint at least this often during training.")
 
     _rates = field_validator("learning_rate")(_check_learning_rate)
 

@@ -9,7 +9,6 @@ written atomically, so running the same command again resumes where an interrupt
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -28,6 +27,7 @@ from texttune.bundle import BUNDLE_FILE, ENSEMBLE_FILE, VALID_PREDICTIONS, WEIGH
 from texttune.config import Recipe
 from texttune.data import read_table
 from texttune.errors import TexttuneError
+from texttune.fingerprint import changes, fingerprint
 from texttune.folds import make_folds
 from texttune.metrics import best_metric, classification_metrics, regression_metrics
 from texttune.task import TaskSpec, encode_targets, read_examples
@@ -50,29 +50,12 @@ class CVResult:
     model_version: str | None = None  # e.g. models:/ellipse/6; None without tracking
 
 
-def _settings(recipe: Recipe) -> dict[str, Any]:
-    """The recipe values that change results: all but the output and the data that CV does not read."""
-    settings = recipe.to_dict()
-    settings.pop("output")
-    settings.pop("tracking")
-    settings["data"] = {k: v for k, v in settings["data"].items() if k not in ("valid", "valid_fraction")}
-    return {f"{section}.{key}": value for section, values in settings.items() for key, value in values.items()}
-
-
-def _fingerprint(recipe: Recipe) -> dict[str, Any]:
-    data = hashlib.sha256(Path(recipe.data.train).read_bytes()).hexdigest()
-    return {"settings": _settings(recipe), "data_sha256": data}
-
-
 def _changes(run: Path, fingerprint: dict[str, Any]) -> list[str]:
     """What differs between the run recorded in `run` and this recipe and data; empty when resuming is safe."""
     marker = run / RUN_FILE
     if not marker.is_file():  # only our outputs, but no marker: a discard that was interrupted
         return ["an interrupted discard"]
-    old = json.loads(marker.read_text())
-    new = fingerprint["settings"]
-    changed = sorted(k for k in {*old["settings"], *new} if old["settings"].get(k) != new.get(k))
-    return (["the contents of data.train"] if old["data_sha256"] != fingerprint["data_sha256"] else []) + changed
+    return changes(json.loads(marker.read_text()), fingerprint)
 
 
 def _claim(run: Path, fingerprint: dict[str, Any], force: bool) -> None:
@@ -195,7 +178,7 @@ def run_cv(recipe: Recipe, force: bool = False) -> CVResult:
     if data.valid is not None:
         logger.warning("cv validates every row of data.train once; data.valid (%s) is not used", data.valid)
     folds = make_folds(examples, recipe.cv, recipe.training.seed)  # bad data stops before the folder is claimed
-    _claim(run, _fingerprint(recipe), force)
+    _claim(run, fingerprint(recipe, cv=True), force)
     assignment = pd.DataFrame({"row": examples.rows, "fold": folds})
     if data.id_column:
         assignment.insert(1, data.id_column, examples.ids)

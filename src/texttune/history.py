@@ -74,8 +74,31 @@ class History(TrainerCallback):
         self.steps_before = 0
         self.epochs_before = 0.0
         self.stage_starts: list[int] = []
+        self.resuming_stage = False
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue the log after a restart, as JSON-ready data."""
+        return {
+            "entries": [{"kind": entry.kind, **entry.to_dict()} for entry in self.entries],
+            "stage": self.stage,
+            "steps_before": self.steps_before,
+            "epochs_before": self.epochs_before,
+            "stage_starts": self.stage_starts,
+        }
+
+    def restore(self, state: Mapping[str, Any], mid_stage: bool) -> None:
+        """Continue from `state`; `mid_stage`: the next Trainer resumes the current stage instead of the next."""
+        self.entries = [
+            Entry.from_dict(row["kind"], {k: v for k, v in row.items() if k != "kind"}) for row in state["entries"]
+        ]
+        self.stage, self.steps_before = state["stage"], state["steps_before"]
+        self.epochs_before, self.stage_starts = state["epochs_before"], list(state["stage_starts"])
+        self.resuming_stage = mid_stage
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.resuming_stage:  # the Trainer goes on with the stage it was in
+            self.resuming_stage = False
+            return
         self.stage += 1
         if self.stage > 0:
             self.stage_starts.append(self.steps_before)

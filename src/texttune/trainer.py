@@ -17,6 +17,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from texttune._hardware import use_bf16
+from texttune.checkpoints import Checkpoints, load_optimizer_and_scheduler, load_rng_state
 from texttune.config import TrainingConfig
 from texttune.data import EncodedDataset, LengthGroupedBatchSampler
 from texttune.history import parse_log
@@ -60,6 +61,8 @@ class TexttuneTrainer(Trainer):
             `args.lr_scheduler_type`.
         group_by_length: batch texts of similar length (shuffled batches), else plain random batches.
         weight_averaging: evaluate a moving average of the weights.
+        checkpoints: where `control.should_save` writes, and `train(resume_from_checkpoint=...)` reads (see
+            `texttune.checkpoints`; the Trainer's own format pickles the optimizer and RNG states).
         *args, **kwargs: passed to `transformers.Trainer`.
     """
 
@@ -71,6 +74,7 @@ class TexttuneTrainer(Trainer):
         schedule: Schedule | None = None,
         group_by_length: bool = True,
         weight_averaging: WeightAveraging | None = None,
+        checkpoints: Checkpoints | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -82,6 +86,7 @@ class TexttuneTrainer(Trainer):
         self.schedule = schedule
         self.group_by_length = group_by_length
         self.weight_averaging = weight_averaging
+        self.checkpoints = checkpoints
         if weight_averaging is not None:
             self.add_callback(weight_averaging)
 
@@ -108,6 +113,23 @@ class TexttuneTrainer(Trainer):
             self.lr_scheduler = self.schedule(optimizer or self.optimizer, num_training_steps)
             self._created_lr_scheduler = True  # as the Trainer marks its own: a second train() builds a new one
         return super().create_scheduler(num_training_steps, optimizer)
+
+    # Checkpoint I/O: the Trainer has no public hook for it, so its private writers and readers are replaced here,
+    # with the same call sites (`_maybe_log_save_evaluate` saves, `train(resume_from_checkpoint=...)` loads).
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.save(self.model, self)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Nothing: `Checkpoints.restore` put the weights back before this Trainer was built."""
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if checkpoint is not None:
+            load_optimizer_and_scheduler(self, checkpoint)
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        if checkpoint is not None:
+            load_rng_state(checkpoint)
 
     def compute_loss(
         self,

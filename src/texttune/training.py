@@ -13,14 +13,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from texttune import plots
 from texttune._hardware import use_bf16
 from texttune._malloc import retain_freed_memory
 from texttune.bundle import BUNDLE_FILE, VALID_PREDICTIONS, BundleInfo, save_bundle
+from texttune.checkpoints import CHECKPOINTS, Checkpoints, open_checkpoints
 from texttune.config import Recipe, Stage
 from texttune.errors import TexttuneError
+from texttune.fingerprint import fingerprint
 from texttune.history import Entry, History
 from texttune.metrics import best_metric, make_compute_metrics
 from texttune.models import create_loss
@@ -48,7 +51,12 @@ class TrainResult:
 
 
 def stage_trainer(
-    prepared: Prepared, stage: Stage, index: int, scratch: str, callbacks: Sequence[TrainerCallback]
+    prepared: Prepared,
+    stage: Stage,
+    index: int,
+    scratch: str,
+    callbacks: Sequence[TrainerCallback],
+    checkpoints: Checkpoints | None = None,
 ) -> TexttuneTrainer:
     """A Trainer for one stage: its levels unfrozen, a fresh optimizer over them at the stage's rates, and a
     schedule of its own."""
@@ -82,7 +90,8 @@ def stage_trainer(
         schedule=OneCycle(training.warmup_ratio, training.momentums) if training.scheduler == "one_cycle" else None,
         group_by_length=training.group_by_length,
         weight_averaging=WeightAveraging(training.ema_decay) if training.ema_decay else None,
-        callbacks=list(callbacks),  # the Trainer also evaluates after the last step
+        checkpoints=checkpoints,
+        callbacks=[*callbacks, *([checkpoints] if checkpoints else [])],  # it also evaluates after the last step
     )
 
 
@@ -95,34 +104,67 @@ class Fit:
 
 
 def fit(
-    prepared: Prepared, callbacks: Sequence[TrainerCallback] = (), listeners: Sequence[Callable[[Entry], None]] = ()
+    prepared: Prepared,
+    callbacks: Sequence[TrainerCallback] = (),
+    listeners: Sequence[Callable[[Entry], None]] = (),
+    restart: bool = False,
 ) -> Fit:
     """Train the prepared model stage by stage (one stage without `training.stages`) and load the best weights seen
-    in any stage's evaluations. `callbacks` join every stage's Trainer; `listeners` get each log entry (tracking)."""
+    in any stage's evaluations. `callbacks` join every stage's Trainer; `listeners` get each log entry (tracking).
+
+    With `training.checkpoints`, a run killed in `output.dir` resumes from its newest checkpoint (see
+    `texttune.checkpoints`) and ends as the uninterrupted run would have; `restart` discards them instead.
+    """
     retain_freed_memory()  # see texttune._malloc: reuse large buffers instead of page-faulting them in every step
+    recipe, model = prepared.recipe, prepared.model
+    stages = recipe.training.stage_plan()
     metric, greater_is_better = best_metric(prepared.spec)
-    stages = prepared.recipe.training.stage_plan()
     keep_best, history = KeepBest(metric, greater_is_better), History(listeners, [stage.epochs for stage in stages])
+    checkpoints, resume, run = None, None, None
+    if recipe.training.checkpoints:
+        checkpoints, resume = open_checkpoints(
+            Path(recipe.output.dir),
+            fingerprint(recipe),
+            history,
+            keep_best,
+            recipe.training.checkpoint_minutes,
+            restart,
+        )
+    if resume is not None:
+        run = checkpoints.restore(resume, model)
+        logger.warning("resuming from the checkpoint %s (stage %d of %d)", resume, run["stage"] + 1, len(stages))
+    first = 0 if run is None else run["stage"] + (0 if run["mid_stage"] else 1)
     with tempfile.TemporaryDirectory(prefix=".texttune-scratch-") as scratch:
-        for index, stage in enumerate(stages):
-            stage_trainer(prepared, stage, index, scratch, [keep_best, history, *callbacks]).train()
-    keep_best.restore(prepared.model)
-    prepared.model.freeze_to(None)
+        for index in range(first, len(stages)):
+            trainer = stage_trainer(
+                prepared, stages[index], index, scratch, [keep_best, history, *callbacks], checkpoints
+            )
+            mid_stage = run is not None and run["mid_stage"] and index == first
+            if mid_stage and trainer.weight_averaging is not None:
+                trainer.weight_averaging.resume(load_file(str(resume / "ema.safetensors")), run["ema_updates"])
+            trainer.train(resume_from_checkpoint=str(resume) if mid_stage else None)
+            if checkpoints is not None:
+                checkpoints.save(model)  # the stage is done: the next one starts from these weights
+    keep_best.restore(model)
+    model.freeze_to(None)
     kept = next(entry for entry in history.of_kind("eval") if entry.values.get(metric) == keep_best.best)
     return Fit(kept.to_dict(), history)
 
 
 def train(
-    recipe: Recipe, examples: tuple[Examples, Examples] | None = None, run: TrackedRun | None = None
+    recipe: Recipe,
+    examples: tuple[Examples, Examples] | None = None,
+    run: TrackedRun | None = None,
+    restart: bool = False,
 ) -> TrainResult:
     """Fine-tune the recipe's encoder (`prepare`, then `fit`) and write the best weights as a bundle in `output.dir`,
     with `training_curves.png` and the validation predictions inside.
 
     The run is recorded in the recipe's tracking store (`tracking`), or in `run` (a cv fold's); tracking failures
-    only warn.
+    only warn. A run killed earlier in the same `output.dir` resumes from its checkpoints; `restart` discards them.
 
     Raises:
-        TexttuneError: bad data or configuration, before any training starts.
+        TexttuneError: bad data or configuration, or checkpoints of another recipe, before any training starts.
 
     Example:
         >>> result = train(load_recipe("examples/demo.yaml"))
@@ -130,7 +172,8 @@ def train(
     """
     started = time.perf_counter()
     output = Path(recipe.output.dir)
-    if output.exists() and not (output / BUNDLE_FILE).is_file():
+    resumable = output.is_dir() and {p.name for p in output.iterdir()} <= {CHECKPOINTS}
+    if output.exists() and not (output / BUNDLE_FILE).is_file() and not resumable:
         raise TexttuneError(
             f"output.dir {output} exists and is not a texttune bundle; it would be replaced, so choose another "
             "output.dir or remove it"
@@ -142,7 +185,7 @@ def train(
     prepared = prepare(recipe, examples)
     with contextlib.nullcontext(run) if run is not None else start_run(recipe, "train") as tracked:
         tracked.log_params(recipe_params(recipe, prepared.spec))
-        result = fit(prepared, listeners=[log_entry(tracked)] if tracked.active else [])
+        result = fit(prepared, listeners=[log_entry(tracked)] if tracked.active else [], restart=restart)
         seconds = time.perf_counter() - started
         _write_bundle(prepared, result, seconds)
         version = record_bundle(tracked, output, prepared.spec)

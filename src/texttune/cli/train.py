@@ -12,13 +12,16 @@ from texttune.config import load_recipe
 def register(subcommands: argparse._SubParsersAction) -> None:
     parser = subcommands.add_parser("train", help="fine-tune an encoder from a YAML recipe and write a bundle")
     add_recipe_arguments(parser)
+    parser.add_argument(
+        "--restart", action="store_true", help="discard the checkpoints of a killed run in output.dir and start over"
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from texttune.training import train
 
-    result = train(load_recipe(args.recipe, args.overrides))
+    result = train(load_recipe(args.recipe, args.overrides), restart=args.restart)
     summary = {
         "bundle": str(result.bundle),
         "valid": result.metrics,

@@ -31,8 +31,14 @@ class WeightAveraging(TrainerCallback):
         self.updates = 0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any):
+        if self.average:  # resumed from a checkpoint: the average goes on
+            return
         self.average = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
         self.updates = 0
+
+    def resume(self, average: dict[str, torch.Tensor], updates: int) -> None:
+        """Go on from a checkpoint's average after `updates` steps (instead of starting from the weights)."""
+        self.average, self.updates = average, updates
 
     @torch.no_grad()
     def on_step_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any):

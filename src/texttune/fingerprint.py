@@ -1,0 +1,60 @@
+"""What makes two runs the same: the recipe's settings that change results, and the bytes of the data they read.
+
+A cv run directory and a training's checkpoints remember the fingerprint they were made with, so a resume with
+another recipe or changed data is refused with the changed keys named instead of mixing two runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from texttune.config import Recipe
+
+# Settings that do not change what is learned: where it goes, what records it, how often it is saved.
+_IGNORED = {"output", "tracking"}
+_IGNORED_KEYS = {"training.checkpoints", "training.checkpoint_minutes"}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(recipe: Recipe, cv: bool = False) -> dict[str, Any]:
+    """The recipe's result-changing settings as `section.key` values, and the SHA-256 of every data file read.
+
+    `cv` leaves out the validation settings: cross-validation validates on the training table's own folds.
+    """
+    settings = {
+        f"{section}.{key}": value
+        for section, values in recipe.to_dict().items()
+        if section not in _IGNORED
+        for key, value in values.items()
+        if f"{section}.{key}" not in _IGNORED_KEYS
+    }
+    data = {"data.train": _sha256(Path(recipe.data.train))}
+    if cv:
+        settings = {k: v for k, v in settings.items() if k not in ("data.valid", "data.valid_fraction")}
+    elif recipe.data.valid is not None:
+        data["data.valid"] = _sha256(Path(recipe.data.valid))
+    return {"settings": settings, "data_sha256": data}
+
+
+def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two fingerprints: the data files whose contents changed, then the settings."""
+    old_data = old.get("data_sha256", {})
+    if isinstance(old_data, str):  # cv runs before this module hashed data.train alone
+        old_data = {"data.train": old_data}
+    data = [f"the contents of {name}" for name in new["data_sha256"] if old_data.get(name) != new["data_sha256"][name]]
+    old_settings, new_settings = old.get("settings", {}), new["settings"]
+    settings = sorted(
+        key
+        for key in {*old_settings, *new_settings}
+        if old_settings.get(key) != new_settings.get(key) and key not in _IGNORED_KEYS
+    )
+    return data + settings

@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from texttune.errors import TexttuneError
+
 # The names of the staging files and folders below: a dot, then the target's name and a tag of 8 hex digits.
 _STAGING = re.compile(r"^\.(?:.+\.(?:tmp|old)-[0-9a-f]{8}|tmp-[0-9a-f]{8}-.+)$")
 
@@ -17,6 +19,21 @@ _STAGING = re.compile(r"^\.(?:.+\.(?:tmp|old)-[0-9a-f]{8}|tmp-[0-9a-f]{8}-.+)$")
 def is_staging(path: Path) -> bool:
     """Whether `path` is a staging file or folder that these writers made (and a killed write left behind)."""
     return bool(_STAGING.match(path.name))
+
+
+def check_writable(path: str | Path, what: str) -> None:
+    """Fail now, in one line, if `path` could not be written later: it is a folder where a file goes (or the
+    reverse), or its folder cannot be created or written. Creates the missing folders, nothing else."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f".tmp-{uuid.uuid4().hex[:8]}-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise TexttuneError(
+            f"{what} {path}: cannot write in {path.parent} ({exc.strerror}); choose another path"
+        ) from None
 
 
 @contextlib.contextmanager

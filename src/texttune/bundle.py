@@ -7,14 +7,19 @@ tokenizer files     as written by `save_pretrained`
 metrics.json        validation metrics of the kept checkpoint, and the constant baseline's
 recipe.yaml         the resolved recipe that produced it
 
-Format 1 (before the text pipeline) kept text_columns and max_length at the top and the clipping in the task; it
-still loads, read into the same objects.
+`texttune.json` also lists the SHA-256 of every other file (`files`): loading checks them first and refuses a
+bundle with a modified, truncated, missing or extra file, a symlink, a pickle, or tokenizer settings that name
+files outside it (`verify_bundle`). Format 1 (before the text pipeline) kept text_columns and max_length at the top
+and the clipping in the task; it still loads, read into the same objects, with a warning that it is unverified.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +33,12 @@ from transformers import AutoTokenizer
 from texttune._io import atomic_directory
 from texttune.errors import TexttuneError
 from texttune.models.heads import TextModel
-from texttune.models.registry import backbone_from_config
+from texttune.models.registry import backbone_from_config, max_positions
 from texttune.pipeline import TextPipeline
 from texttune.postprocess import Clip, PostProcessing, Softmax
 from texttune.task import TaskSpec
+
+logger = logging.getLogger(__name__)
 
 ENSEMBLE_FILE = "texttune-ensemble.json"  # a cv run directory: its fold bundles, averaged
 VALID_PREDICTIONS = "valid_predictions.csv"  # validation rows with truth and predictions
@@ -79,6 +86,84 @@ class Bundle:
     info: BundleInfo
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
+_TOKENIZER_SETTINGS = ("tokenizer_config.json", "special_tokens_map.json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file of a bundle folder but its description."""
+    return {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.name != BUNDLE_FILE}
+
+
+def _names_outside(value: object) -> bool:
+    """Whether tokenizer settings name a file by a path (`fast_tokenizer_files: ["../../x"]`) or remote code."""
+    if isinstance(value, dict):
+        return "auto_map" in value or any(
+            _names_outside(v) or (k.endswith(("_file", "_files")) and _names_outside_path(v)) for k, v in value.items()
+        )
+    if isinstance(value, list):
+        return any(_names_outside(v) for v in value)
+    return False
+
+
+def _names_outside_path(value: object) -> bool:
+    values = value if isinstance(value, list) else [value]
+    return any(isinstance(v, str) and ("/" in v or "\\" in v or v.startswith(".")) for v in values)
+
+
+def verify_bundle(path: str | Path) -> list[str]:
+    """Check a bundle folder before anything in it is read: only plain files, no pickles, tokenizer settings that
+    name no outside file or remote code, and (from format 2) every file with the SHA-256 its description lists.
+    Returns what was checked, one line each; a bundle written before hashes were kept checks with a warning.
+
+    Raises:
+        TexttuneError: the first problem found, naming the file.
+    """
+    path = Path(path)
+    for entry in sorted(path.iterdir()):
+        if entry.is_symlink():
+            raise TexttuneError(f"{entry}: a symlink inside a bundle; bundles hold plain files only, copy the file in")
+        if not entry.is_file():
+            raise TexttuneError(f"{entry}: a folder inside a bundle; bundles hold plain files only")
+        if entry.suffix.lower() in PICKLE_SUFFIXES:
+            raise TexttuneError(f"{entry}: a pickle-capable file in a bundle; texttune never loads one, remove it")
+    for name in _TOKENIZER_SETTINGS:
+        settings = path / name
+        if settings.is_file():
+            try:
+                if _names_outside(json.loads(settings.read_text())):
+                    raise TexttuneError(f"{settings}: names files by path or remote code (auto_map); refused")
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise TexttuneError(f"{settings}: not valid JSON; the bundle's tokenizer files are damaged") from None
+    try:
+        listed = json.loads((path / BUNDLE_FILE).read_text()).get("files")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise TexttuneError(f"{path / BUNDLE_FILE}: unreadable bundle description ({exc})") from None
+    if listed is None:
+        logger.warning("%s: written before texttune kept file hashes, so its files are unverified", path)
+        return [f"{path}: unverified (no file hashes); no symlinks, pickles or outside files"]
+    found = file_hashes(path)
+    extra, missing = sorted(set(found) - set(listed)), sorted(set(listed) - set(found))
+    if extra or missing:
+        problem = f"holds {extra[0]}, which it did not write" if extra else f"lacks {missing[0]}"
+        raise TexttuneError(f"{path}: the bundle {problem}; restore the bundle as it was written")
+    for name, digest in listed.items():
+        if found[name] != digest:
+            raise TexttuneError(
+                f"{path / name}: modified or damaged (its SHA-256 differs from the one the bundle recorded); "
+                "restore the bundle as it was written"
+            )
+    return [f"{path / name}: sha256 {digest[:16]}... ok" for name, digest in listed.items()]
+
+
 def _upgrade_format_1(data: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
     """A format-1 description in format 2's terms: the pipeline from its columns, max_length and tokenizer (as
     format 1 read them), the post-processing from its task (softmax, or clipping to the training range)."""
@@ -117,12 +202,13 @@ def save_bundle(
     with atomic_directory(path) as staging:
         save_model(model, str(staging / WEIGHTS_FILE))
         pipeline.tokenizer.save_pretrained(staging)
-        (staging / BUNDLE_FILE).write_text(json.dumps(description, indent=2) + "\n")
         (staging / "metrics.json").write_text(json.dumps(metrics or {}, indent=2) + "\n")
         if recipe is not None:
             (staging / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
         for name, content in (extra_files or {}).items():
             (staging / name).write_bytes(content)
+        description["files"] = file_hashes(staging)
+        (staging / BUNDLE_FILE).write_text(json.dumps(description, indent=2) + "\n")
     return path
 
 
@@ -139,25 +225,62 @@ def load_bundle(path: str | Path) -> Bundle:
             f"{path}: not a texttune model bundle (missing {', '.join(missing)}); "
             "pass the output.dir of a `texttune train` run, or of a `texttune cv` run that has finished"
         )
-    try:
-        data = json.loads((path / BUNDLE_FILE).read_text())
-        version = data.pop("format_version", None)
-    except (json.JSONDecodeError, AttributeError) as exc:
-        raise TexttuneError(f"{path / BUNDLE_FILE}: unreadable bundle description ({exc})") from None
+    verify_bundle(path)
+    data = json.loads((path / BUNDLE_FILE).read_text())
+    version = data.pop("format_version", None)
     if version not in (1, FORMAT_VERSION):
         raise TexttuneError(f"bundle format version {version} is not supported (expected {FORMAT_VERSION})")
-    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    data.pop("files", None)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
+    except Exception as exc:  # the tokenizer libraries raise many types for damaged files
+        raise TexttuneError(f"{path}: the tokenizer files are unreadable ({_first_line(exc)})") from None
     try:
         data = _upgrade_format_1(data, tokenizer) if version == 1 else data
         pipeline = TextPipeline.from_dict(data.pop("pipeline"), tokenizer)
         info = BundleInfo.from_dict(data)
-    except (KeyError, TypeError, TexttuneError) as exc:
-        raise TexttuneError(f"{path / BUNDLE_FILE}: unreadable bundle description ({exc})") from None
-    model = TextModel(
-        backbone_from_config(info.backbone_config), info.pooling, info.task.num_outputs, info.head_dropout
-    )
-    load_model(model, str(path / WEIGHTS_FILE), strict=True)
+        backbone = backbone_from_config(info.backbone_config)
+    except (KeyError, TypeError, ValueError, TexttuneError) as exc:
+        raise TexttuneError(f"{path / BUNDLE_FILE}: unreadable bundle description ({_first_line(exc)})") from None
+    limit = max_positions(backbone)
+    if limit is not None and pipeline.max_length > limit:
+        raise TexttuneError(
+            f"{path / BUNDLE_FILE}: max_length {pipeline.max_length} is longer than the encoder's {limit} positions; "
+            "the description does not match the model"
+        )
+    model = TextModel(backbone, info.pooling, info.task.num_outputs, info.head_dropout)
+    try:
+        load_model(model, str(path / WEIGHTS_FILE), strict=True)
+    except Exception as exc:  # safetensors and torch raise several types for damaged or mismatched weights
+        raise TexttuneError(
+            f"{path / WEIGHTS_FILE}: the weights do not load into the model texttune.json describes "
+            f"({_first_line(exc)}); the bundle is damaged or its files do not belong together"
+        ) from None
     return Bundle(model.eval(), pipeline, info)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def normalized_weights(weights: object, members: int) -> list[float]:
+    """An ensemble's weights, summing to 1: one finite, non-negative number per member (None: equal weights).
+
+    Raises:
+        TexttuneError: the wrong count, a string, NaN or inf, a negative weight, or all zero.
+    """
+    if weights is None:
+        return [1.0 / members] * members
+    try:
+        values = [float(w) for w in weights] if not isinstance(weights, str | bytes) else []
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != members or not all(math.isfinite(w) and w >= 0 for w in values) or sum(values) <= 0:
+        raise TexttuneError(
+            f"weights {values} do not fit {members} member(s): give each a finite weight, 0 or more, not all 0"
+        )
+    return [w / sum(values) for w in values]
 
 
 def load_ensemble(path: str | Path) -> tuple[list[Bundle], BundleInfo, list[float] | None]:
@@ -180,6 +303,8 @@ def load_ensemble(path: str | Path) -> tuple[list[Bundle], BundleInfo, list[floa
     for member in members:  # folders inside the run directory, never a path out of it
         if not isinstance(member, str) or Path(member).name != member or member in ("", ".", ".."):
             raise TexttuneError(f"{path / ENSEMBLE_FILE}: member {member!r} is not a folder name inside {path}")
+        if (path / member).is_symlink():
+            raise TexttuneError(f"{path / member}: a symlink; an ensemble's members are folders inside its run")
     if not members:
         raise TexttuneError(f"{path / ENSEMBLE_FILE}: the manifest names no members; re-run the cv to rewrite it")
     bundles = [load_bundle(path / member) for member in members]
@@ -195,4 +320,6 @@ def load_ensemble(path: str | Path) -> tuple[list[Bundle], BundleInfo, list[floa
                 "an ensemble needs folds of one recipe"
             )
     postprocess = PostProcessing.ensemble([bundle.info.postprocess for bundle in bundles])
-    return bundles, dataclasses.replace(bundles[0].info, postprocess=postprocess), manifest.get("weights")
+    weights = manifest.get("weights")
+    normalized_weights(weights, len(bundles))  # refused here, not at the first prediction
+    return bundles, dataclasses.replace(bundles[0].info, postprocess=postprocess), weights

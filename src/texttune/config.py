@@ -237,7 +237,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         section, name = parts
         if not isinstance(raw.setdefault(section, {}), dict):
             raise TexttuneError(f"--set {item!r}: '{section}' is not a section of the recipe")
-        raw[section][name] = yaml.safe_load(value) if value.strip() else None
+        try:
+            raw[section][name] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise TexttuneError(
+                f"--set {item!r}: the value is not valid YAML ({problem}); quote it, e.g. --set 'data.sep=\";\"'"
+            ) from None
     return raw
 
 

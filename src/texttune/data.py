@@ -7,13 +7,17 @@ Rows are numbered from 1 after the header.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import json
 import logging
 import math
+import re
+import sys
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,7 +77,51 @@ def _decode(path: Path, raw: bytes) -> str:
         ) from None
 
 
+def _check_records(path: Path, text: str, sep: str) -> None:
+    """What pandas reads silently wrong: a header naming a column twice (it renames one `label.1`), and quotes
+    that do not close where a field ends (an unbalanced quote merges the rows up to the next quote into one field).
+    Strict CSV parsing names the line; fields that span lines which look like whole rows get a warning."""
+    if len(sep) != 1:
+        return
+    limit = csv.field_size_limit()
+    csv.field_size_limit(sys.maxsize)  # a long essay is one field
+    reader = csv.reader(io.StringIO(text), delimiter=sep, strict=True)
+    started = 1  # the line the record being read starts on
+    try:
+        header = next(reader, [])
+        repeated = [name for name, count in Counter(header).items() if count > 1 and name]
+        if repeated:
+            raise TexttuneError(
+                f"{path}: the header names column '{repeated[0]}' {header.count(repeated[0])} times; "
+                "give every column its own name"
+            )
+        started = reader.line_num + 1
+        for row, record in enumerate(reader, start=1):
+            for column, field in zip(header, record):
+                rows_inside = [line for line in field.split("\n")[1:] if line.count(sep) >= len(header) - 1]
+                if rows_inside and len(header) > 1:
+                    logger.warning(
+                        "%s: row %d, column '%s' spans lines %d-%d, %d of which look like whole rows: an unbalanced "
+                        "quote may have merged rows; check the quotes on line %d",
+                        path, row, column, started, reader.line_num, len(rows_inside), started,
+                    )  # fmt: skip
+            started = reader.line_num + 1
+    except csv.Error as exc:
+        if "end of data" in str(exc) or "EOF" in str(exc):
+            raise TexttuneError(
+                f"{path}: the quote opened in the row starting on line {started} never closes (an unbalanced "
+                'quote); close it, or write a quote inside a quoted field as ""'
+            ) from None
+        raise TexttuneError(
+            f"{path}: line {reader.line_num}: {exc}; look for an unbalanced or stray quote in the row starting on "
+            f'line {started} (a quoted field must close right before a separator; write a quote inside one as "")'
+        ) from None
+    finally:
+        csv.field_size_limit(limit)
+
+
 def _read_delimited(path: Path, text: str, sep: str) -> pd.DataFrame:
+    _check_records(path, text, sep)
     try:
         return pd.read_csv(
             io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_filter=False, index_col=False
@@ -86,6 +134,36 @@ def _read_delimited(path: Path, text: str, sep: str) -> pd.DataFrame:
         raise TexttuneError(f"{path}: the file is empty; it needs a header row and at least one data row") from None
 
 
+def _as_text(path: Path, value: Any) -> str:
+    """A typed value as the string a CSV would hold: ints exactly (2**53 + 1 stays itself), missing values empty,
+    bytes decoded, nested values as JSON."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise TexttuneError(f"{path}: a binary value is not UTF-8 text ({value[:20]!r}...)") from None
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _frame_of(path: Path, columns: dict[str, list[Any]]) -> pd.DataFrame:
+    return pd.DataFrame({name: [_as_text(path, v) for v in values] for name, values in columns.items()}, dtype=object)
+
+
+def _read_parquet(path: Path, raw: bytes) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(io.BytesIO(raw))
+    except Exception as exc:  # pyarrow raises several unrelated types for a broken file
+        raise TexttuneError(f"{path}: not a readable Parquet file ({exc})") from None
+    names = [n for n in table.column_names if not re.fullmatch(r"__index_level_\d+__", n)]  # a pandas index
+    return _frame_of(path, {name: table.column(name).to_pylist() for name in names})
+
+
 def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
     if text.lstrip().startswith("["):  # a plain JSON array of records
         try:
@@ -94,7 +172,7 @@ def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
             raise TexttuneError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         if not all(isinstance(record, dict) for record in records):
             raise TexttuneError(f"{path}: a JSON array of objects ({{...}}) is expected")
-        return pd.DataFrame.from_records(records)
+        return _records_frame(path, records)
     records = []
     # split on newlines only: JSON strings may hold U+2028 or U+0085, which str.splitlines() also splits on
     for number, line in enumerate(text.split("\n"), start=1):
@@ -107,7 +185,12 @@ def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
         if not isinstance(record, dict):
             raise TexttuneError(f"{path}: line {number} is not a JSON object; write one {{...}} per line")
         records.append(record)
-    return pd.DataFrame.from_records(records)
+    return _records_frame(path, records)
+
+
+def _records_frame(path: Path, records: list[dict[str, Any]]) -> pd.DataFrame:
+    names = list(dict.fromkeys(key for record in records for key in record))
+    return _frame_of(path, {name: [record.get(name) for record in records] for name in names})
 
 
 def read_table(path: str | Path, sep: str | None = None) -> pd.DataFrame:
@@ -130,18 +213,13 @@ def read_table(path: str | Path, sep: str | None = None) -> pd.DataFrame:
     if not raw.strip():
         raise TexttuneError(f"{path}: the file is empty; it needs a header row and at least one data row")
     if fmt == "parquet":
-        try:
-            frame = pd.read_parquet(io.BytesIO(raw))
-        except Exception as exc:  # pyarrow raises several unrelated types for a broken file
-            raise TexttuneError(f"{path}: not a readable Parquet file ({exc})") from None
+        frame = _read_parquet(path, raw)
     elif fmt == "jsonl":
         frame = _read_jsonl(path, _decode(path, raw))
     else:
         frame = _read_delimited(path, _decode(path, raw), sep or ("\t" if fmt == "tsv" else ","))
     if frame.empty:
         raise TexttuneError(f"{path}: the file has a header but no data rows")
-    if fmt in ("parquet", "jsonl"):  # typed formats: the same strings a CSV would give, missing values empty
-        frame = frame.astype(object).where(frame.notna(), "").map(str)
     frame = frame.reset_index(drop=True)  # rows are numbered 0..N-1 in file order (Parquet may store an index)
     frame.attrs["source"] = str(path)
     logger.info("read %s: %d rows, columns %s", path, len(frame), list(frame.columns))

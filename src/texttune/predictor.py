@@ -7,7 +7,6 @@ restored, ensemble members are averaged, and the bundle's post-processing turns 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,15 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from texttune._io import atomic_file
-from texttune.bundle import ENSEMBLE_FILE, MODEL_URI_PREFIX, BundleInfo, load_bundle, load_ensemble
+from texttune._io import atomic_file, check_writable
+from texttune.bundle import (
+    ENSEMBLE_FILE,
+    MODEL_URI_PREFIX,
+    BundleInfo,
+    load_bundle,
+    load_ensemble,
+    normalized_weights,
+)
 from texttune.data import read_table, read_texts, require_columns
 from texttune.errors import TexttuneError
 from texttune.pipeline import Features, TextPipeline
@@ -58,19 +64,7 @@ class Predictor:
         if batch_size < 1:
             raise TexttuneError(f"batch_size must be a positive integer, got {batch_size}")
         self.runners = list(runners)
-        try:
-            weights = [1.0] * len(self.runners) if weights is None else [float(w) for w in weights]
-        except (TypeError, ValueError):
-            weights = []
-        if (
-            len(weights) != len(self.runners)
-            or not all(math.isfinite(w) and w >= 0 for w in weights)
-            or sum(weights) <= 0
-        ):
-            raise TexttuneError(
-                f"weights {weights} do not fit {len(self.runners)} member(s): give each a finite weight, 0 or more"
-            )
-        self.weights = np.asarray(weights) / sum(weights)
+        self.weights = np.asarray(normalized_weights(weights, len(self.runners)))
         self.pipeline = pipeline
         self.info = info
         self.batch_size = batch_size
@@ -181,8 +175,18 @@ class Predictor:
         return predictions
 
     def predict_file(self, source: str | Path, destination: str | Path, sep: str | None = None) -> pd.DataFrame:
-        """Read a table, predict every row and write the submission CSV atomically."""
-        submission = self.predict_table(read_table(source, sep))
+        """Read a table, predict every row and write the submission CSV atomically, one row per input row.
+
+        Raises:
+            TexttuneError: an unreadable table, or a destination that cannot be written (checked first).
+        """
+        if Path(destination).is_dir():
+            raise TexttuneError(f"--output {destination} is a folder; give the path of the CSV file to write")
+        check_writable(destination, "--output")
+        frame = read_table(source, sep)
+        submission = self.predict_table(frame)
+        if len(submission) != len(frame):  # never a misaligned submission
+            raise TexttuneError(f"{source}: {len(frame)} rows read but {len(submission)} predicted; nothing written")
         with atomic_file(destination) as staging:
             submission.to_csv(staging, index=False)
         return submission

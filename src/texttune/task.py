@@ -110,8 +110,39 @@ def _sorted_labels(labels: set[str]) -> tuple[str, ...]:
         return tuple(sorted(labels))
 
 
-def _all_numeric(values: list[Any]) -> bool:
-    return bool(pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").notna().all())
+def _kind_of_one_column(frame: pd.DataFrame, column: str) -> TaskKind:
+    """Decimal numbers are scores, anything else classes; decimals with a few cells that are not numbers (`3,5`
+    for 3.5) are refused rather than read as a many-class label."""
+    values = [v for v in frame[column].tolist() if not _is_missing_target(v)]
+    parsed = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(dtype=np.float64)
+    numbers = parsed[np.isfinite(parsed)]
+    decimals = len(numbers) > 0 and not np.all(np.mod(numbers, 1) == 0)
+    if decimals and len(numbers) < len(values):
+        bad = next(v for v, x in zip(values, parsed) if not np.isfinite(x))
+        row = frame[column].tolist().index(bad) + 1
+        raise TexttuneError(
+            f"{source_of(frame)}: column '{column}' holds decimal numbers, but row {row} is {bad!r}; fix that cell "
+            "(a decimal point, not a comma), or set task.type: classification if these are class names"
+        )
+    if decimals:
+        _numeric(frame, column)  # names a missing value
+        return "regression"
+    return "classification"
+
+
+def _refuse_one_number_written_twice(frame: pd.DataFrame, column: str, labels: list[str]) -> None:
+    """'1' and '01' (or '1.0') would become two classes of the same number."""
+    by_value: dict[float, list[str]] = {}
+    for label in labels:
+        number = pd.to_numeric(label, errors="coerce")
+        if pd.notna(number):
+            by_value.setdefault(float(number), []).append(label)
+    clash = next((sorted(group) for group in by_value.values() if len(group) > 1), None)
+    if clash:
+        raise TexttuneError(
+            f"{source_of(frame)}: labels {' and '.join(map(repr, clash))} of column '{column}' are the same number "
+            "written differently; write each class one way"
+        )
 
 
 def infer_task(frame: pd.DataFrame, target_columns: list[str], config: TaskConfig) -> TaskSpec:
@@ -126,16 +157,7 @@ def infer_task(frame: pd.DataFrame, target_columns: list[str], config: TaskConfi
     require_columns(frame, target_columns, "target")
     kind = config.type
     if kind == "auto":
-        if len(target_columns) > 1:
-            kind = "regression"
-        else:
-            values = frame[target_columns[0]].tolist()
-            numeric = _all_numeric([v for v in values if not _is_missing_target(v)])
-            kind = (
-                "regression"
-                if numeric and not np.all(np.mod(_numeric(frame, target_columns[0]), 1) == 0)
-                else ("classification")
-            )
+        kind = "regression" if len(target_columns) > 1 else _kind_of_one_column(frame, target_columns[0])
         logger.info("task inferred from %s: %s", target_columns, kind)
     if kind == "regression":
         return TaskSpec(kind="regression", target_columns=tuple(target_columns))
@@ -148,13 +170,15 @@ def infer_task(frame: pd.DataFrame, target_columns: list[str], config: TaskConfi
             f"{source_of(frame)}: column '{column}' has a single class {next(iter(counts))!r}; "
             "classification needs at least two (or set task.type: regression)"
         )
-    folded = Counter(label.strip().lower() for label in counts)
-    if any(n > 1 for n in folded.values()):
+    _refuse_one_number_written_twice(frame, column, list(counts))
+    spellings: dict[str, list[str]] = {}
+    for label in counts:
+        spellings.setdefault(label.strip().lower(), []).append(label)
+    for similar in (sorted(group) for group in spellings.values() if len(group) > 1):
         logger.warning(
-            "labels of '%s' differ only in case or spaces: %s; clean them if they are one class",
-            column,
-            sorted(counts),
-        )
+            "%s: labels %s of '%s' differ only in case or spaces and are %d classes; clean them if they are one",
+            source_of(frame), ", ".join(map(repr, similar)), column, len(similar),
+        )  # fmt: skip
     logger.info("%d classes in '%s': %s", len(counts), column, dict(sorted(counts.items())))
     return TaskSpec(kind="classification", target_columns=(column,), labels=_sorted_labels(set(counts)))
 
@@ -269,6 +293,14 @@ def parse_examples(
     if data.id_column:
         require_columns(frame, [data.id_column], "id")
         ids = frame[data.id_column].to_numpy(dtype=object)
+        first: dict[str, int] = {}
+        for row, value in enumerate(ids.tolist(), start=1):
+            if value in first:
+                raise TexttuneError(
+                    f"{source_of(frame)}: id {value!r} of column '{data.id_column}' is in rows {first[value]} and "
+                    f"{row}; ids name rows in predictions and folds, so they must be unique (or unset data.id_column)"
+                )
+            first[value] = row
     spec = task if isinstance(task, TaskSpec) else infer_task(frame, data.target_columns, task)
     groups = folds = None
     if cv is not None and cv.fold_column in frame.columns:

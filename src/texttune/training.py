@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 
 from texttune import plots
 from texttune._hardware import use_bf16
+from texttune._io import check_writable
 from texttune._malloc import retain_freed_memory
 from texttune.bundle import BUNDLE_FILE, VALID_PREDICTIONS, BundleInfo, save_bundle
 from texttune.checkpoints import CHECKPOINTS, Checkpoints, open_checkpoints
@@ -183,6 +184,7 @@ def train(
             "training.stages replace training.epochs: %g epochs in all", sum(s.epochs for s in recipe.training.stages)
         )
     prepared = prepare(recipe, examples)
+    check_writable(output, "output.dir")  # now, not after the training
     with contextlib.nullcontext(run) if run is not None else start_run(recipe, "train") as tracked:
         tracked.log_params(recipe_params(recipe, prepared.spec))
         result = fit(prepared, listeners=[log_entry(tracked)] if tracked.active else [], restart=restart)

@@ -9,10 +9,10 @@ import sys
 
 from texttune import __version__
 from texttune._malloc import reexecute_with_tcmalloc
-from texttune.cli import cv, lr_find, predict, runs, train
+from texttune.cli import cv, lr_find, predict, runs, train, verify
 from texttune.errors import TexttuneError
 
-COMMANDS = (train, cv, lr_find, predict, runs)
+COMMANDS = (train, cv, lr_find, predict, runs, verify)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,13 +26,23 @@ BASE = {
 STAGES = [{"unfreeze": 1, "epochs": 1, "lr": 0.01}, {"unfreeze": "all", "epochs": 1}]
 
 
-def _texttune(recipe: Path, crash_at: str | None = None) -> subprocess.CompletedProcess:
+def _texttune(
+    recipe: Path, crash_at: str | None = None, max_file_bytes: int | None = None, *settings: str
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("TEXTTUNE_CRASH_AT", None)
     if crash_at:
         env["TEXTTUNE_CRASH_AT"] = crash_at
-    command = [sys.executable, "-m", "texttune", "-q", "train", str(recipe)]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+    def limit_file_size() -> None:  # a full disk, as the process sees it: writes past the limit fail (EFBIG)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
+    command = [sys.executable, "-m", "texttune", "-q", "train", str(recipe), *(f"--set={s}" for s in settings)]
+    return subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=300,
+        preexec_fn=limit_file_size if max_file_bytes else None,
+    )  # fmt: skip
 
 
 def _assert_same_run(resumed: Path, reference: Path) -> None:
@@ -134,3 +146,49 @@ def test_only_the_last_two_complete_checkpoints_are_kept(write_recipe, tmp_path:
     train(recipe)
     assert len(seen) >= 4 and all(len(names) <= 2 for names in seen)
     assert not (Path(recipe.output.dir) / ".checkpoints").exists()
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_the_previous_bundle(
+    tmp_path: Path, tiny_backbone: Path, reference_runs
+) -> None:
+    recipe = _write(tmp_path, tiny_backbone, "full", None)
+    output = tmp_path / "full"
+    assert _texttune(recipe, "step:14").returncode == -signal.SIGKILL  # step-10 is complete
+    full = _texttune(recipe, None, 100_000)  # the weights alone are larger: the next checkpoint cannot be written
+    assert full.returncode == 2
+    assert "Traceback" not in full.stderr and full.stderr.strip().splitlines()[-1].startswith("texttune: error: ")
+    assert "could not write the checkpoint (File too large)" in full.stderr and "last complete checkpoint is kept" in (
+        full.stderr
+    )
+    assert sorted(p.name for p in (output / ".checkpoints").iterdir()) == ["run.json", "step-10"]
+    assert _texttune(recipe).returncode == 0  # space again: it resumes and ends as the uninterrupted run
+    _assert_same_run(output, reference_runs["plain"])
+    # the bundle itself: the previous one stays, byte for byte, and no staging is left beside it
+    before = {p.name: p.read_bytes() for p in output.iterdir()}
+    failed = _texttune(recipe, None, 100_000, "training.checkpoints=false", "training.seed=7")
+    assert failed.returncode == 2 and "could not write the bundle (File too large)" in failed.stderr
+    assert {p.name: p.read_bytes() for p in output.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    shutil.rmtree(output)
+
+
+def test_a_cv_fold_resumes_from_its_own_checkpoints(tmp_path: Path, tiny_backbone: Path) -> None:
+    recipe = _write(tmp_path, tiny_backbone, "cv", None)
+    raw = yaml.safe_load(recipe.read_text())
+    raw["cv"] = {"folds": 2}
+    recipe.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+    def cv(run: str, crash_at: str | None = None) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "texttune", "-q", "cv", str(recipe), f"--set=output.dir={tmp_path / run}"]
+        extra = {"TEXTTUNE_CRASH_AT": crash_at} if crash_at else {}
+        return subprocess.run(command, env={**env, **extra}, capture_output=True, text=True, timeout=300)
+
+    assert cv("clean").returncode == 0
+    assert cv("killed", "step:14").returncode == -signal.SIGKILL  # in fold 0 (12 steps an epoch), mid-epoch 2
+    fold = tmp_path / "killed" / "fold-0"
+    assert list(fold.glob(".checkpoints/step-*/COMPLETE")) and not (fold / "texttune.json").exists()
+    resumed = cv("killed")
+    assert resumed.returncode == 0 and "resuming from the checkpoint" in resumed.stderr
+    report = {k: v for k, v in json.loads((tmp_path / "killed" / "cv_report.json").read_text()).items()}
+    assert report == json.loads((tmp_path / "clean" / "cv_report.json").read_text())

@@ -197,3 +197,15 @@ def test_existing_folder_that_is_not_a_bundle_is_never_replaced(tmp_path: Path, 
     assert main(["-q", "train", str(recipe)]) == 2
     assert "exists and is not a texttune bundle" in capsys.readouterr().err
     assert (tmp_path / "out" / "precious.csv").read_text() == "keep me"
+
+
+def test_ids_from_typed_formats_stay_exactly_as_stored(tmp_path: Path) -> None:
+    big = 2**53 + 1  # a float64 would round it to 2**53
+    (tmp_path / "t.jsonl").write_text(f'{{"id": {big}, "text": "a"}}\n{{"id": 7, "text": "b", "extra": null}}\n')
+    read = read_table(tmp_path / "t.jsonl")
+    assert read["id"].tolist() == [str(big), "7"] and read["extra"].tolist() == ["", ""]
+    frame = pd.DataFrame({"id": pd.array([7, None, big], dtype="Int64"), "code": [b"007", b"008", b"009"]})
+    frame.to_parquet(tmp_path / "t.parquet")
+    read = read_table(tmp_path / "t.parquet")
+    assert read["id"].tolist() == ["7", "", str(big)]  # not 7.0, and not rounded
+    assert read["code"].tolist() == ["007", "008", "009"]  # not b'007'

@@ -35,3 +35,16 @@ def test_stages_continue_one_step_and_epoch_axis() -> None:
     assert seen[0].tracked() == {"train_loss": 1.0, "epoch": 0.504}
     assert seen[1].tracked() == {"valid_loss": 0.9, "epoch": 0.504}
     assert Entry.from_dict("eval", seen[3].to_dict()) == seen[3]
+
+
+def test_a_restored_history_goes_on_where_it_stopped_and_replays_to_listeners() -> None:
+    history = History(stage_epochs=[1.0, 1.0])
+    history.on_train_begin(None, None, None)
+    history.on_log(None, SimpleNamespace(global_step=4, epoch=0.5), None, logs={"loss": 0.7})
+    replayed: list[Entry] = []
+    resumed = History([replayed.append], stage_epochs=[1.0, 1.0])
+    resumed.restore(history.state(), mid_stage=True)
+    assert replayed == history.entries
+    resumed.on_train_begin(None, None, None)  # the resumed Trainer goes on with stage 0
+    resumed.on_log(None, SimpleNamespace(global_step=6, epoch=0.75), None, logs={"loss": 0.6})
+    assert [(e.stage, e.step) for e in resumed.entries] == [(0, 4), (0, 6)]

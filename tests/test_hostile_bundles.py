@@ -134,6 +134,17 @@ def _ensemble_nan_weight(bundle: Path) -> None:
     (run / "texttune-ensemble.json").write_text('{"members": ["fold-0", "fold-1"], "weights": [NaN, 1]}')
 
 
+def _corrupt_tokenizer(bundle: Path) -> None:
+    (bundle / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "NoSuchModel"}}')
+    _rehash(bundle)
+
+
+def _ensemble_without_members(bundle: Path) -> None:
+    run = bundle.parent / "run"
+    run.mkdir()
+    (run / "texttune-ensemble.json").write_text(json.dumps({"members": [], "weights": None}))
+
+
 HOSTILE = {
     "modified weights": (_flip_a_byte, "model.safetensors: modified or damaged"),
     "truncated weights": (_truncate, "model.safetensors: modified or damaged"),
@@ -152,6 +163,8 @@ HOSTILE = {
     "ensemble symlinked member": (_ensemble_symlinked_member, "fold-0: a symlink; an ensemble's members are folders"),
     "ensemble string weights": (_ensemble_string_weights, "weights [] do not fit 1 member(s)"),
     "ensemble NaN weight": (_ensemble_nan_weight, "weights [nan, 1.0] do not fit 2 member(s)"),
+    "ensemble without members": (_ensemble_without_members, "the manifest names no members"),
+    "corrupt tokenizer": (_corrupt_tokenizer, "the tokenizer files are unreadable"),
 }
 
 

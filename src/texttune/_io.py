@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,13 @@ _STAGING = re.compile(r"^\.(?:.+\.(?:tmp|old)-[0-9a-f]{8}|tmp-[0-9a-f]{8}-.+)$")
 def is_staging(path: Path) -> bool:
     """Whether `path` is a staging file or folder that these writers made (and a killed write left behind)."""
     return bool(_STAGING.match(path.name))
+
+
+def write_failure(exc: BaseException) -> str:
+    """Why a write failed, in a few words: the OS's reason, also when a library wraps it (safetensors)."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc).split("I/O error: ")[-1].split(" (os error")[0]
 
 
 def check_writable(path: str | Path, what: str) -> None:
@@ -36,15 +45,61 @@ def check_writable(path: str | Path, what: str) -> None:
         ) from None
 
 
+def recover_directory(path: str | Path) -> None:
+    """Finish what a killed `atomic_directory(path)` left: killed between its two renames (`path` missing, the
+    old one and the complete new one beside it), the new one takes its place; the old one after a finished
+    replacement, and staging a kill interrupted, are removed. Touches only the names those writes use."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    staged = {
+        p.name.rsplit("-", 1)[1]: p for p in path.parent.glob(f".{glob.escape(path.name)}.tmp-*") if is_staging(p)
+    }
+    old = {p.name.rsplit("-", 1)[1]: p for p in path.parent.glob(f".{glob.escape(path.name)}.old-*") if is_staging(p)}
+    if not path.exists():
+        tag = next((tag for tag in old if tag in staged), None)
+        if tag is not None:  # the new one was complete: renames only start after it is written
+            staged.pop(tag).rename(path)
+        elif old:
+            old.pop(sorted(old)[-1]).rename(path)
+    for leftover in [*staged.values(), *old.values()]:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_directory(kind: str) -> Iterator[str]:
+    """A temporary folder `.texttune-<kind>-<pid>-*` in the system's temp folder; those of processes that are gone
+    (killed, so their cleanup never ran) are removed first."""
+    root = Path(tempfile.gettempdir())
+    for stale in root.glob(f".texttune-{kind}-*-*"):
+        pid = stale.name.removeprefix(f".texttune-{kind}-").split("-")[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f".texttune-{kind}-{os.getpid()}-") as folder:
+        yield folder
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory that replaces `path` only if the block finishes.
 
     Readers see the old directory or the whole new one; between the two renames `path` is briefly absent, and
-    if the second rename fails the old directory is put back.
+    if the second rename fails the old directory is put back. What a kill leaves is finished or removed by the
+    next write or load of `path` (`recover_directory`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory(path)
     tag = uuid.uuid4().hex[:8]
     staging, old = path.parent / f".{path.name}.tmp-{tag}", path.parent / f".{path.name}.old-{tag}"
     staging.mkdir()

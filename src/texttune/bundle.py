@@ -27,10 +27,11 @@ from typing import Any
 import torch
 import transformers
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from transformers import AutoTokenizer
 
-from texttune._io import atomic_directory
+from texttune._io import atomic_directory, recover_directory, write_failure
 from texttune.errors import TexttuneError
 from texttune.models.heads import TextModel
 from texttune.models.registry import backbone_from_config, max_positions
@@ -199,6 +200,25 @@ def save_bundle(
     path = Path(path)
     info = dataclasses.replace(info, versions=_versions())
     description = {"format_version": FORMAT_VERSION, "pipeline": pipeline.to_dict(), **info.to_dict()}
+    try:
+        _write_bundle_files(path, model, pipeline, description, metrics, recipe, extra_files)
+    except (OSError, SafetensorError) as exc:  # a full disk, a size limit: the previous bundle stays in place
+        raise TexttuneError(
+            f"{path}: could not write the bundle ({write_failure(exc)}); free some disk space and run again "
+            "(a killed or failed training resumes from its checkpoints); any previous bundle there is untouched"
+        ) from None
+    return path
+
+
+def _write_bundle_files(
+    path: Path,
+    model: TextModel,
+    pipeline: TextPipeline,
+    description: dict[str, Any],
+    metrics: dict[str, Any] | None,
+    recipe: dict[str, Any] | None,
+    extra_files: dict[str, bytes] | None,
+) -> None:
     with atomic_directory(path) as staging:
         save_model(model, str(staging / WEIGHTS_FILE))
         pipeline.tokenizer.save_pretrained(staging)
@@ -209,7 +229,6 @@ def save_bundle(
             (staging / name).write_bytes(content)
         description["files"] = file_hashes(staging)
         (staging / BUNDLE_FILE).write_text(json.dumps(description, indent=2) + "\n")
-    return path
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -219,6 +238,7 @@ def load_bundle(path: str | Path) -> Bundle:
         TexttuneError: the directory is not a complete texttune bundle.
     """
     path = Path(path)
+    recover_directory(path)  # a write killed between its renames is finished first
     missing = [name for name in (BUNDLE_FILE, WEIGHTS_FILE) if not (path / name).is_file()]
     if missing:
         raise TexttuneError(

@@ -29,9 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import TrainerCallback
 
+from texttune._io import write_failure
 from texttune.errors import TexttuneError
 from texttune.fingerprint import changes
 from texttune.history import History
@@ -176,7 +178,26 @@ class Checkpoints(TrainerCallback):
         self.saves += 1
         final = self.root / f"step-{step}"
         staging = self.root / f".step-{step}.tmp-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
+        try:
+            staging.mkdir()
+            self._write(staging, model, trainer)
+        except (OSError, SafetensorError) as exc:  # a full disk, a file size limit: the last checkpoint stays
+            shutil.rmtree(staging, ignore_errors=True)
+            raise TexttuneError(
+                f"{final}: could not write the checkpoint ({write_failure(exc)}); free some disk space, or set "
+                "training.checkpoints: false; the last complete checkpoint is kept"
+            ) from None
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+        (final / COMPLETE).write_text("")  # last: a checkpoint without it is never used
+        _fsync_tree(final)
+        for old in sorted(self.root.glob("step-*"), key=lambda p: int(p.name.removeprefix("step-")))[:-KEEP]:
+            shutil.rmtree(old, ignore_errors=True)
+        self.last_save, self.pending = time.monotonic(), False
+        logger.info("checkpoint written: %s", final)
+        return final
+
+    def _write(self, staging: Path, model: torch.nn.Module, trainer: TexttuneTrainer | None) -> None:
         save_model(model, str(staging / "model.safetensors"))
         run = {
             "stage": self.history.stage,
@@ -204,15 +225,6 @@ class Checkpoints(TrainerCallback):
                 run["ema_updates"] = averaging.updates
         _write_json(staging / RUN_FILE, run)
         _fsync_tree(staging)
-        shutil.rmtree(final, ignore_errors=True)
-        staging.rename(final)
-        (final / COMPLETE).write_text("")
-        _fsync_tree(final)
-        for old in sorted(self.root.glob("step-*"), key=lambda p: int(p.name.removeprefix("step-")))[:-KEEP]:
-            shutil.rmtree(old, ignore_errors=True)
-        self.last_save, self.pending = time.monotonic(), False
-        logger.info("checkpoint written: %s", final)
-        return final
 
     # -- reading -----------------------------------------------------------------------------------------------
 

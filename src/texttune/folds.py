@@ -49,6 +49,14 @@ def make_folds(examples: Examples, config: CVConfig, seed: int) -> np.ndarray:
         raise TexttuneError(
             f"{examples.source}: {len(examples)} rows cannot make {config.folds} folds; lower cv.folds"
         )
+    if not examples.task.is_regression:
+        counts = np.bincount(examples.labels, minlength=examples.task.num_outputs)
+        lonely = [examples.task.labels[i] for i in np.flatnonzero(counts == 1)]
+        if lonely:
+            raise TexttuneError(
+                f"{examples.source}: class {lonely[0]!r} of '{examples.task.target_columns[0]}' has a single row, "
+                "which cannot be both trained on and validated; add rows of it, or merge or drop it"
+            )
     strata = _strata(examples.labels, examples.task, config.bins)
     folds = np.full(len(examples), -1)
     rows = np.zeros((len(examples), 1))  # the splitters only count rows

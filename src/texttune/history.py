@@ -87,10 +87,14 @@ class History(TrainerCallback):
         }
 
     def restore(self, state: Mapping[str, Any], mid_stage: bool) -> None:
-        """Continue from `state`; `mid_stage`: the next Trainer resumes the current stage instead of the next."""
+        """Continue from `state`; `mid_stage`: the next Trainer resumes the current stage instead of the next. The
+        listeners get the entries so far first, so a tracked run of a resumed training holds the whole curve."""
         self.entries = [
             Entry.from_dict(row["kind"], {k: v for k, v in row.items() if k != "kind"}) for row in state["entries"]
         ]
+        for entry in self.entries:
+            for listener in self.listeners:
+                listener(entry)
         self.stage, self.steps_before = state["stage"], state["steps_before"]
         self.epochs_before, self.stage_starts = state["epochs_before"], list(state["stage_starts"])
         self.resuming_stage = mid_stage

@@ -10,14 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from texttune import plots
-from texttune._io import atomic_file
+from texttune._io import atomic_file, scratch_directory
 from texttune.config import Recipe
 from texttune.errors import TexttuneError
 from texttune.models import create_loss
@@ -66,7 +65,7 @@ def lr_find(
     rates = Rates.of(training)
     top = rates.top(prepared.model)  # the swept rate is the encoder's top level; the others keep their ratio to it
     finder = LRFinder((start * (end / start) ** (np.arange(steps) / max(1, steps - 1))).tolist())
-    with tempfile.TemporaryDirectory(prefix=".texttune-lr-find-") as scratch:
+    with scratch_directory("lr-find") as scratch:
         trainer = TexttuneTrainer(
             model=prepared.model,
             args=training_arguments(

@@ -327,5 +327,10 @@ def split_examples(examples: Examples, fraction: float, seed: int) -> tuple[Exam
         # sklearn needs two rows per class, and at least one held-out row per class
         if counts.min() >= 2 and min(held_out, len(examples) - held_out) >= len(counts):
             stratify = names
+        elif counts.min() < 2:
+            logger.warning(
+                "%s: some classes have a single row (%s); each is either trained on or validated, never both",
+                examples.source, ", ".join(repr(c) for c, n in zip(np.unique(names), counts) if n < 2)[:200],
+            )  # fmt: skip
     train, valid = train_test_split(np.arange(len(examples)), test_size=held_out, random_state=seed, stratify=stratify)
     return examples.subset(train), examples.subset(valid)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from transformers import TrainerCallback
 
 from texttune import plots
 from texttune._hardware import use_bf16
-from texttune._io import check_writable
+from texttune._io import check_writable, recover_directory, scratch_directory
 from texttune._malloc import retain_freed_memory
 from texttune.bundle import BUNDLE_FILE, VALID_PREDICTIONS, BundleInfo, save_bundle
 from texttune.checkpoints import CHECKPOINTS, Checkpoints, open_checkpoints
@@ -135,7 +134,7 @@ def fit(
         run = checkpoints.restore(resume, model)
         logger.warning("resuming from the checkpoint %s (stage %d of %d)", resume, run["stage"] + 1, len(stages))
     first = 0 if run is None else run["stage"] + (0 if run["mid_stage"] else 1)
-    with tempfile.TemporaryDirectory(prefix=".texttune-scratch-") as scratch:
+    with scratch_directory("scratch") as scratch:
         for index in range(first, len(stages)):
             trainer = stage_trainer(
                 prepared, stages[index], index, scratch, [keep_best, history, *callbacks], checkpoints
@@ -173,6 +172,7 @@ def train(
     """
     started = time.perf_counter()
     output = Path(recipe.output.dir)
+    recover_directory(output)  # a bundle write killed half-way is finished or rolled back first
     resumable = output.is_dir() and {p.name for p in output.iterdir()} <= {CHECKPOINTS}
     if output.exists() and not (output / BUNDLE_FILE).is_file() and not resumable:
         raise TexttuneError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -13,6 +14,7 @@ from texttune.cli import cv, lr_find, predict, runs, train, verify
 from texttune.errors import TexttuneError
 
 COMMANDS = (train, cv, lr_find, predict, runs, verify)
+_DISK_TROUBLE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}  # the machine's trouble, not a bug
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,9 +34,12 @@ def _configure_logging(quiet: bool) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if quiet:
         os.environ["TQDM_DISABLE"] = "1"
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     import transformers
 
     transformers.logging.set_verbosity_error()
+    if quiet:  # transformers draws its own bars (loading weights) whatever TQDM_DISABLE says
+        transformers.logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args) or 0
     except TexttuneError as exc:
         print(f"texttune: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in _DISK_TROUBLE:
+            raise
+        print(
+            f"texttune: error: {exc.filename or 'a file'}: {exc.strerror}; nothing half-written was kept",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("texttune: interrupted; nothing half-written was kept", file=sys.stderr)

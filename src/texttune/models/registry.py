@@ -90,12 +90,29 @@ def load_backbone(name: str, dropout: float | None = None, attention: str = "aut
         model = AutoModel.from_pretrained(location, config=config, trust_remote_code=False, **extra)
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TexttuneError(
-            f"cannot load backbone '{name}' ({first}); use 'minilm', a local model directory, or a hub id with network"
-        ) from None
+        raise TexttuneError(_why_not_loaded(name, location, exc)) from None
     logger.info("backbone %s: %s, %.1fM parameters", name, config.model_type, model.num_parameters() / 1e6)
     return model, tokenizer
+
+
+def _why_not_loaded(name: str, location: str, exc: BaseException) -> str:
+    """One line on why a backbone did not load, and what to do instead."""
+    text = str(exc)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    if "custom code" in text or "trust_remote_code" in text:
+        return (
+            f"model.backbone '{name}' needs code from its repository to run (trust_remote_code), which texttune never "
+            "runs; choose an encoder that transformers supports natively"
+        )
+    looks_local = location.startswith((".", "/", "~")) or Path(location).exists()
+    if looks_local and not Path(location).is_dir():
+        return f"model.backbone '{name}': no such folder; give a model folder on this machine, a hub id, or 'minilm'"
+    if "connect" in text or "offline" in text.lower() or "cached" in text:
+        return (
+            f"model.backbone '{name}' is not on this machine and the hub cannot be reached; where there is network, "
+            f"`huggingface-cli download {name} --local-dir DIR`, then set model.backbone to DIR (or use 'minilm')"
+        )
+    return f"cannot load model.backbone '{name}' ({first}); use 'minilm', a local model folder, or a hub id"
 
 
 # Families whose position ids start after the padding index, so `pad_token_id + 1` positions are unusable.

@@ -13,12 +13,14 @@ import hashlib
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from texttune._io import process_alive
 from texttune.config import TrackingConfig
 from texttune.errors import TexttuneError
 
@@ -28,6 +30,7 @@ EMBEDDED_URI = "sqlite:///texttune-runs/mlflow.db"
 ROLE_TAG = "texttune.role"  # model (a train bundle), fold (one cv fold) or ensemble (a cv run's manifest)
 SCORE_TAG = "texttune.score"
 DIGEST_TAG = "texttune.digest"
+HOST_TAG, PID_TAG = "texttune.host", "texttune.pid"  # which process owns a RUNNING run
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -122,6 +125,7 @@ def start(config: TrackingConfig, name: str, tags: Mapping[str, str]) -> MlflowR
         database.parent.mkdir(parents=True, exist_ok=True)
     mlflow = client(uri)
     experiment = _experiment_id(mlflow, uri, config.experiment)
+    _mark_killed(mlflow, experiment)
     run_tags = {**{tag: "" for tag in config.tags}, **tags}
     if config.group:
         run_tags["group"] = config.group
@@ -130,13 +134,30 @@ def start(config: TrackingConfig, name: str, tags: Mapping[str, str]) -> MlflowR
     return run
 
 
+def _mark_killed(mlflow: Any, experiment: str) -> None:
+    """Runs of this machine still RUNNING although their process is gone (killed, the machine slept and rebooted)
+    end as KILLED, so the store does not show them running forever."""
+    host = socket.gethostname()
+    query = f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'"
+    for run in mlflow.search_runs([experiment], filter_string=query, max_results=200):
+        pid = run.data.tags.get(PID_TAG, "")
+        if pid.isdigit() and not process_alive(int(pid)):
+            mlflow.set_terminated(run.info.run_id, "KILLED")
+            logger.info("tracking: run %s of a process that is gone marked KILLED", run.info.run_id)
+
+
 class MlflowRun:
     """One MLflow run; `child` runs carry `mlflow.parentRunId`, so the UI nests them under this one."""
 
     def __init__(self, mlflow: Any, uri: str, experiment: str, name: str, tags: Mapping[str, str]) -> None:
         self.mlflow, self.uri, self.experiment, self.tags = mlflow, uri, experiment, dict(tags)
         self.where = str(sqlite_path(uri) or uri)
-        user = {"mlflow.user": getpass.getuser(), "mlflow.source.name": "texttune"}
+        user = {
+            "mlflow.user": getpass.getuser(),
+            "mlflow.source.name": "texttune",
+            HOST_TAG: socket.gethostname(),
+            PID_TAG: str(os.getpid()),
+        }
         run = mlflow.create_run(experiment, run_name=name, tags={**user, **self.tags})
         self.run_id, self.artifact_uri = run.info.run_id, run.info.artifact_uri
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 import transformers
 
 from texttune import __version__
+from texttune._io import scratch_directory
 from texttune.bundle import ENSEMBLE_FILE
 from texttune.config import Recipe
 from texttune.history import Entry
@@ -49,7 +49,7 @@ def _prefixed(prefix: str, metrics: Mapping[str, Any]) -> dict[str, float]:
 @contextmanager
 def _selection(directory: Path, names: Sequence[str]) -> Iterator[Path]:
     """A temporary folder with copies of those of `names` that exist in `directory`."""
-    with tempfile.TemporaryDirectory(prefix=".texttune-tracking-") as staging:
+    with scratch_directory("tracking") as staging:
         for name in names:
             if (directory / name).is_file():
                 shutil.copyfile(directory / name, Path(staging) / name)
@@ -133,7 +133,7 @@ def _record_cv(
     if not all(sources.values()):
         return None  # a fold is not registered (log_models off, or the store failed): no ensemble to point at
     manifest = json.loads((directory / ENSEMBLE_FILE).read_text())
-    with tempfile.TemporaryDirectory(prefix=".texttune-tracking-") as staging:
+    with scratch_directory("tracking") as staging:
         (Path(staging) / ENSEMBLE_FILE).write_text(json.dumps({**manifest, "sources": dict(sources)}, indent=2))
         tags = {"texttune.role": "ensemble", "texttune.metric": metric, "texttune.folds": str(len(sources))}
         return run.log_model(staging, "ensemble", tags, best=(report["oof"][metric], greater_is_better))

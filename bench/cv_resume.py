@@ -11,15 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / ".." / "shared" / "data" / "sst5_train.tsv"
+from _sst5 import sst5_slice
 
 
 def cv(recipe: Path, run: Path) -> subprocess.Popen:
@@ -38,11 +36,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/texttune-cv-resume")
     parser.add_argument("--kill-after", type=float, default=8.0, help="seconds into fold 3 at which to kill")
     args = parser.parse_args()
-    work = Path(args.workdir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    lines = DATA.read_text().splitlines()[: args.rows + 1]
-    (work / "train.tsv").write_text("\n".join(lines) + "\n")
+    work = sst5_slice(args.workdir, args.rows).parent
     recipe = work / "recipe.yaml"
     recipe.write_text(
         f"data: {{train: {work / 'train.tsv'}, text_columns: Phrase, target_columns: Sentiment, "

@@ -14,15 +14,15 @@ import argparse
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _sst5 import sst5_slice
+
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / ".." / "shared" / "data" / "sst5_train.tsv"
 
 
 def run(table: Path, output: Path, kill_after: float | None = None) -> tuple[float, bool]:
@@ -57,12 +57,8 @@ def main() -> None:
     args = parser.parse_args()
     flags = set(Path("/proc/cpuinfo").read_text().split()) & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
     print(f"CPU flags: {' '.join(sorted(flags))}")
-    work = Path(args.workdir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    lines = DATA.read_text().splitlines()[: args.rows + 1]
-    (work / "train.tsv").write_text("\n".join(lines) + "\n")
-    table = work / "train.tsv"
+    table = sst5_slice(args.workdir, args.rows)
+    work = table.parent
     clean_seconds, _ = run(table, work / "clean")
     print(f"uninterrupted: {clean_seconds:.1f} s")
     rng = random.Random(args.seed)

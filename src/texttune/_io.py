@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import os
 import re
 import shutil
@@ -21,6 +22,15 @@ _STAGING = re.compile(r"^\.(?:.+\.(?:tmp|old)-[0-9a-f]{8}|tmp-[0-9a-f]{8}-.+)$")
 def is_staging(path: Path) -> bool:
     """Whether `path` is a staging file or folder that these writers made (and a killed write left behind)."""
     return bool(_STAGING.match(path.name))
+
+
+def sha256_of(path: Path) -> str:
+    """The SHA-256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_failure(exc: BaseException) -> str:

@@ -16,7 +16,6 @@ and the clipping in the task; it still loads, read into the same objects, with a
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -31,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from transformers import AutoTokenizer
 
-from texttune._io import atomic_directory, recover_directory, write_failure
+from texttune._io import atomic_directory, recover_directory, sha256_of, write_failure
 from texttune.errors import TexttuneError
 from texttune.models.heads import TextModel
 from texttune.models.registry import backbone_from_config, max_positions
@@ -91,17 +90,9 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib",
 _TOKENIZER_SETTINGS = ("tokenizer_config.json", "special_tokens_map.json")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_hashes(folder: Path) -> dict[str, str]:
     """SHA-256 of every file of a bundle folder but its description."""
-    return {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.name != BUNDLE_FILE}
+    return {p.name: sha256_of(p) for p in sorted(folder.iterdir()) if p.name != BUNDLE_FILE}
 
 
 def _names_outside(value: object) -> bool:

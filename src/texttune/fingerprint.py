@@ -6,23 +6,15 @@ another recipe or changed data is refused with the changed keys named instead of
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
+from texttune._io import sha256_of
 from texttune.config import Recipe
 
 # Settings that do not change what is learned: where it goes, what records it, how often it is saved.
 _IGNORED = {"output", "tracking"}
 _IGNORED_KEYS = {"training.checkpoints", "training.checkpoint_minutes"}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint(recipe: Recipe, cv: bool = False) -> dict[str, Any]:
@@ -37,11 +29,11 @@ def fingerprint(recipe: Recipe, cv: bool = False) -> dict[str, Any]:
         for key, value in values.items()
         if f"{section}.{key}" not in _IGNORED_KEYS
     }
-    data = {"data.train": _sha256(Path(recipe.data.train))}
+    data = {"data.train": sha256_of(Path(recipe.data.train))}
     if cv:
         settings = {k: v for k, v in settings.items() if k not in ("data.valid", "data.valid_fraction")}
     elif recipe.data.valid is not None:
-        data["data.valid"] = _sha256(Path(recipe.data.valid))
+        data["data.valid"] = sha256_of(Path(recipe.data.valid))
     return {"settings": settings, "data_sha256": data}
 
 

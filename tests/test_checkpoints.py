@@ -192,3 +192,28 @@ def test_a_cv_fold_resumes_from_its_own_checkpoints(tmp_path: Path, tiny_backbon
     assert resumed.returncode == 0 and "resuming from the checkpoint" in resumed.stderr
     report = {k: v for k, v in json.loads((tmp_path / "killed" / "cv_report.json").read_text()).items()}
     assert report == json.loads((tmp_path / "clean" / "cv_report.json").read_text())
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(
+    tmp_path: Path, tiny_backbone: Path, reference_runs
+) -> None:
+    recipe = _write(tmp_path, tiny_backbone, "damaged", None)
+    output = tmp_path / "damaged"
+    assert _texttune(recipe, "step:24").returncode == -signal.SIGKILL  # checkpoints at steps 10 and 18
+    weights = output / ".checkpoints" / "step-18" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # marked complete, yet damaged (a disk fault)
+    resumed = _texttune(recipe)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "step-18 is damaged" in resumed.stderr and "resuming from the checkpoint" in resumed.stderr
+    assert str(output / ".checkpoints" / "step-10") in resumed.stderr
+    _assert_same_run(output, reference_runs["plain"])
+
+
+def test_a_checkpoints_folder_of_another_tool_is_left_alone(write_recipe, tmp_path: Path, capsys) -> None:
+    path = write_recipe("classification", rows=40, training={"epochs": 1})
+    output = Path(load_recipe(path).output.dir)
+    (output / ".checkpoints" / "step-3").mkdir(parents=True)  # no run.json: not texttune's
+    (output / ".checkpoints" / "step-3" / "weights.ckpt").write_text("someone else's")
+    assert main(["-q", "train", str(path)]) == 2
+    assert "exists and is not a texttune bundle" in capsys.readouterr().err
+    assert (output / ".checkpoints" / "step-3" / "weights.ckpt").read_text() == "someone else's"

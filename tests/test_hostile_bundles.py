@@ -134,6 +134,14 @@ def _ensemble_nan_weight(bundle: Path) -> None:
     (run / "texttune-ensemble.json").write_text('{"members": ["fold-0", "fold-1"], "weights": [NaN, 1]}')
 
 
+def _tokenizer_vocab_outside(bundle: Path) -> None:
+    (bundle / "tokenizer.json").unlink()
+    settings = json.loads((bundle / "tokenizer_config.json").read_text())
+    settings["vocab"] = "/etc/passwd"
+    (bundle / "tokenizer_config.json").write_text(json.dumps(settings))
+    _rehash(bundle)
+
+
 def _corrupt_tokenizer(bundle: Path) -> None:
     (bundle / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "NoSuchModel"}}')
     _rehash(bundle)
@@ -165,6 +173,7 @@ HOSTILE = {
     "ensemble NaN weight": (_ensemble_nan_weight, "weights [nan, 1.0] do not fit 2 member(s)"),
     "ensemble without members": (_ensemble_without_members, "the manifest names no members"),
     "corrupt tokenizer": (_corrupt_tokenizer, "the tokenizer files are unreadable"),
+    "tokenizer vocabulary from outside": (_tokenizer_vocab_outside, "tokenizer_config.json: names files by path"),
 }
 
 
@@ -203,3 +212,31 @@ def test_a_hostile_bundle_is_refused_in_one_line(clean_bundle: Path, tmp_path: P
         assert len(err.splitlines()) == 1 and err.startswith("texttune: error: "), err
         assert expected in err, err
     assert not MARKER.exists(), "code from the bundle ran"
+
+
+def test_a_bundle_being_retrained_into_still_loads(clean_bundle: Path, tmp_path: Path, capsys) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(clean_bundle, bundle)
+    (bundle / ".checkpoints" / "step-4").mkdir(parents=True)  # a training into this folder, going on or killed
+    (bundle / ".checkpoints" / "run.json").write_text("{}")
+    assert main(["-q", "verify", str(bundle)]) == 0
+    assert main(["-q", "predict", str(bundle), "--text", "a fine film"]) == 0
+
+
+def test_settings_copied_from_the_encoder_never_make_a_bundle_refusable(tmp_path: Path, tiny_backbone: Path) -> None:
+    from texttune.testing import synthetic_table
+
+    backbone = tmp_path / "encoder"
+    shutil.copytree(tiny_backbone, backbone)
+    settings = json.loads((backbone / "tokenizer_config.json").read_text())
+    settings["auto_map"] = {"AutoTokenizer": ["tokenization.Custom", None]}  # the class itself is a native one
+    (backbone / "tokenizer_config.json").write_text(json.dumps(settings))
+    synthetic_table(30).to_csv(tmp_path / "train.csv", index=False)
+    (tmp_path / "recipe.yaml").write_text(
+        f"data: {{train: {tmp_path / 'train.csv'}, text_columns: text, target_columns: label}}\n"
+        f"model: {{backbone: {backbone}, max_length: 32}}\ntraining: {{epochs: 1}}\ntracking: {{backend: none}}\n"
+        f"output: {{dir: {tmp_path / 'bundle'}}}\n"
+    )
+    bundle = train(load_recipe(tmp_path / "recipe.yaml")).bundle
+    assert "auto_map" not in json.loads((bundle / "tokenizer_config.json").read_text())
+    assert main(["-q", "verify", str(bundle)]) == 0

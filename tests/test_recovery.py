@@ -4,6 +4,8 @@ their two renames, staging folders, scratch folders, and tracked runs left RUNNI
 from __future__ import annotations
 
 import os
+import re
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -44,17 +46,27 @@ def test_only_the_old_one_left_is_put_back(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "model.txt").read_text() == "old"
 
 
+def test_a_reader_finishes_a_write_but_never_sweeps_staging(tmp_path: Path) -> None:
+    _folder(tmp_path / "out", "current")
+    _folder(tmp_path / ".out.tmp-1234abcd", "a write going on in another process")
+    recover_directory(tmp_path / "out", sweep=False)
+    assert (tmp_path / ".out.tmp-1234abcd" / "model.txt").is_file()
+
+
 def test_scratch_folders_of_dead_processes_are_removed(tmp_path: Path) -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
-    stale = Path(tempfile.mkdtemp(prefix=f".texttune-scratch-{dead.pid}-"))
-    live = Path(tempfile.mkdtemp(prefix=f".texttune-scratch-{os.getpid()}-"))
+    host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+    stale = Path(tempfile.mkdtemp(prefix=f".texttune-scratch-{host}-{dead.pid}-"))
+    elsewhere = Path(tempfile.mkdtemp(prefix=f".texttune-scratch-otherhost-{dead.pid}-"))  # another machine's
+    live = Path(tempfile.mkdtemp(prefix=f".texttune-scratch-{host}-{os.getpid()}-"))
     try:
         with scratch_directory("scratch") as folder:
-            assert Path(folder).is_dir() and Path(folder).name.startswith(f".texttune-scratch-{os.getpid()}-")
-        assert not stale.exists() and live.exists()
+            assert Path(folder).is_dir() and Path(folder).name.startswith(f".texttune-scratch-{host}-{os.getpid()}-")
+        assert not stale.exists() and live.exists() and elsewhere.exists()
     finally:
         live.rmdir()
+        elsewhere.rmdir()
 
 
 def test_runs_left_running_by_a_killed_process_are_marked_killed(tmp_path: Path) -> None:

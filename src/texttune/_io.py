@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -55,10 +56,11 @@ def check_writable(path: str | Path, what: str) -> None:
         ) from None
 
 
-def recover_directory(path: str | Path) -> None:
+def recover_directory(path: str | Path, sweep: bool = True) -> None:
     """Finish what a killed `atomic_directory(path)` left: killed between its two renames (`path` missing, the
-    old one and the complete new one beside it), the new one takes its place; the old one after a finished
-    replacement, and staging a kill interrupted, are removed. Touches only the names those writes use."""
+    old one and the complete new one beside it), the new one takes its place. With `sweep` (a writer about to
+    write `path`), the old one after a finished replacement and staging a kill interrupted are removed too; a
+    reader does not sweep, since the staging may be a live write. Touches only the names those writes use."""
     path = Path(path)
     if not path.parent.is_dir():
         return
@@ -72,20 +74,21 @@ def recover_directory(path: str | Path) -> None:
             staged.pop(tag).rename(path)
         elif old:
             old.pop(sorted(old)[-1]).rename(path)
-    for leftover in [*staged.values(), *old.values()]:
+    for leftover in [*staged.values(), *old.values()] if sweep else []:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def scratch_directory(kind: str) -> Iterator[str]:
-    """A temporary folder `.texttune-<kind>-<pid>-*` in the system's temp folder; those of processes that are gone
-    (killed, so their cleanup never ran) are removed first."""
-    root = Path(tempfile.gettempdir())
-    for stale in root.glob(f".texttune-{kind}-*-*"):
-        pid = stale.name.removeprefix(f".texttune-{kind}-").split("-")[0]
+    """A temporary folder `.texttune-<kind>-<host>-<pid>-*` in the system's temp folder; this machine's ones of
+    processes that are gone (killed, so their cleanup never ran) are removed first."""
+    root, host = Path(tempfile.gettempdir()), re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+    for stale in root.glob(f".texttune-{kind}-{host}-*-*"):
+        pid = stale.name.removeprefix(f".texttune-{kind}-{host}-").split("-")[0]
         if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
-    with tempfile.TemporaryDirectory(prefix=f".texttune-{kind}-{os.getpid()}-") as folder:
+    prefix = f".texttune-{kind}-{host}-{os.getpid()}-"
+    with tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True) as folder:
         yield folder
 
 

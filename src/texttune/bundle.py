@@ -90,25 +90,54 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib",
 _TOKENIZER_SETTINGS = ("tokenizer_config.json", "special_tokens_map.json")
 
 
+CHECKPOINTS = ".checkpoints"  # a training going on (or killed) into the bundle's folder keeps these beside it
+
+
+def _entries(folder: Path) -> list[Path]:
+    """The bundle's own entries: all but its description and the checkpoints of a training into its folder."""
+    return [p for p in sorted(folder.iterdir()) if p.name not in (BUNDLE_FILE, CHECKPOINTS)]
+
+
 def file_hashes(folder: Path) -> dict[str, str]:
     """SHA-256 of every file of a bundle folder but its description."""
-    return {p.name: sha256_of(p) for p in sorted(folder.iterdir()) if p.name != BUNDLE_FILE}
+    return {p.name: sha256_of(p) for p in _entries(folder)}
 
 
-def _names_outside(value: object) -> bool:
-    """Whether tokenizer settings name a file by a path (`fast_tokenizer_files: ["../../x"]`) or remote code."""
+# Tokenizer settings that name files: any string there is read as a path (a bare name from the working folder).
+_FILE_KEYS = ("vocab", "merges")
+
+
+def _names_files(value: object) -> bool:
+    """Whether tokenizer settings name files (`fast_tokenizer_files: ["../../x"]`, `vocab: "/etc/words"`) or remote
+    code (`auto_map`): a bundle's tokenizer is its tokenizer.json and nothing else."""
     if isinstance(value, dict):
         return "auto_map" in value or any(
-            _names_outside(v) or (k.endswith(("_file", "_files")) and _names_outside_path(v)) for k, v in value.items()
+            _names_files(v) or ((k.endswith(("_file", "_files")) or k in _FILE_KEYS) and _has_text(v))
+            for k, v in value.items()
         )
     if isinstance(value, list):
-        return any(_names_outside(v) for v in value)
+        return any(_names_files(v) for v in value)
     return False
 
 
-def _names_outside_path(value: object) -> bool:
-    values = value if isinstance(value, list) else [value]
-    return any(isinstance(v, str) and ("/" in v or "\\" in v or v.startswith(".")) for v in values)
+def _has_text(value: object) -> bool:
+    return isinstance(value, str) or (isinstance(value, list) and any(isinstance(v, str) for v in value))
+
+
+def _clean_tokenizer_settings(folder: Path) -> None:
+    """Drop what `save_pretrained` copies from an encoder's settings that would name files or remote code, so a
+    new bundle always passes `verify_bundle`."""
+    for name in _TOKENIZER_SETTINGS:
+        settings = folder / name
+        if settings.is_file():
+            data = json.loads(settings.read_text())
+            kept = {
+                k: v
+                for k, v in data.items()
+                if k != "auto_map" and not ((k.endswith(("_file", "_files")) or k in _FILE_KEYS) and _has_text(v))
+            }
+            if kept != data:
+                settings.write_text(json.dumps(kept, indent=2) + "\n")
 
 
 def verify_bundle(path: str | Path) -> list[str]:
@@ -120,7 +149,7 @@ def verify_bundle(path: str | Path) -> list[str]:
         TexttuneError: the first problem found, naming the file.
     """
     path = Path(path)
-    for entry in sorted(path.iterdir()):
+    for entry in _entries(path):
         if entry.is_symlink():
             raise TexttuneError(f"{entry}: a symlink inside a bundle; bundles hold plain files only, copy the file in")
         if not entry.is_file():
@@ -131,7 +160,7 @@ def verify_bundle(path: str | Path) -> list[str]:
         settings = path / name
         if settings.is_file():
             try:
-                if _names_outside(json.loads(settings.read_text())):
+                if _names_files(json.loads(settings.read_text())):
                     raise TexttuneError(f"{settings}: names files by path or remote code (auto_map); refused")
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise TexttuneError(f"{settings}: not valid JSON; the bundle's tokenizer files are damaged") from None
@@ -139,6 +168,8 @@ def verify_bundle(path: str | Path) -> list[str]:
         listed = json.loads((path / BUNDLE_FILE).read_text()).get("files")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
         raise TexttuneError(f"{path / BUNDLE_FILE}: unreadable bundle description ({exc})") from None
+    if listed is not None and not (isinstance(listed, dict) and all(isinstance(v, str) for v in listed.values())):
+        raise TexttuneError(f"{path / BUNDLE_FILE}: 'files' is not a table of file names and SHA-256 digests")
     if listed is None:
         logger.warning("%s: written before texttune kept file hashes, so its files are unverified", path)
         return [f"{path}: unverified (no file hashes); no symlinks, pickles or outside files"]
@@ -146,6 +177,7 @@ def verify_bundle(path: str | Path) -> list[str]:
     extra, missing = sorted(set(found) - set(listed)), sorted(set(listed) - set(found))
     if extra or missing:
         problem = f"holds {extra[0]}, which it did not write" if extra else f"lacks {missing[0]}"
+        # the hashes show damage and edits; they cannot prove who wrote a bundle (its author writes them too)
         raise TexttuneError(f"{path}: the bundle {problem}; restore the bundle as it was written")
     for name, digest in listed.items():
         if found[name] != digest:
@@ -218,8 +250,10 @@ def _write_bundle_files(
             (staging / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
         for name, content in (extra_files or {}).items():
             (staging / name).write_bytes(content)
+        _clean_tokenizer_settings(staging)
         description["files"] = file_hashes(staging)
         (staging / BUNDLE_FILE).write_text(json.dumps(description, indent=2) + "\n")
+        verify_bundle(staging)  # never replace a bundle by one that would be refused
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -229,7 +263,7 @@ def load_bundle(path: str | Path) -> Bundle:
         TexttuneError: the directory is not a complete texttune bundle.
     """
     path = Path(path)
-    recover_directory(path)  # a write killed between its renames is finished first
+    recover_directory(path, sweep=False)  # a write killed between its renames is finished first
     missing = [name for name in (BUNDLE_FILE, WEIGHTS_FILE) if not (path / name).is_file()]
     if missing:
         raise TexttuneError(

@@ -16,10 +16,12 @@ lets tests kill a run at a chosen point.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import time
@@ -34,6 +36,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import TrainerCallback
 
 from texttune._io import write_failure
+from texttune.bundle import CHECKPOINTS
 from texttune.errors import TexttuneError
 from texttune.fingerprint import changes
 from texttune.history import History
@@ -44,11 +47,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINTS = ".checkpoints"
 COMPLETE = "COMPLETE"
 RUN_FILE = "run.json"
 TRAINER_STATE = "trainer_state.json"  # the Trainer's own name: `train(resume_from_checkpoint=...)` reads it
 KEEP = 2
+_OURS = re.compile(r"^(?:step-\d+|\.step-\d+\.tmp-[0-9a-f]{8}|run\.json|\.run\.json\.tmp-[0-9a-f]{8})$")
 
 
 def _crash_at(kind: str, count: int) -> None:
@@ -57,8 +60,8 @@ def _crash_at(kind: str, count: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _fsync_tree(folder: Path) -> None:
-    for path in [*folder.iterdir(), folder]:
+def _fsync_tree(folder: Path, entries: bool = True) -> None:
+    for path in [*(folder.iterdir() if entries else ()), folder]:
         descriptor = os.open(path, os.O_RDONLY)
         try:
             os.fsync(descriptor)
@@ -86,7 +89,8 @@ def load_rng_state(checkpoint: str | Path) -> None:
     tensors = load_file(str(checkpoint / "rng.safetensors"))
     torch.set_rng_state(tensors["torch"])
     if torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))])
+        devices = sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k.removeprefix("cuda.")))
+        torch.cuda.set_rng_state_all([tensors[k] for k in devices])
     plain = json.loads((checkpoint / "rng.json").read_text())
     name, keys, position, has_gauss, cached = plain["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
@@ -124,32 +128,42 @@ class Checkpoints(TrainerCallback):
     """
 
     def __init__(
-        self, output: Path, fingerprint: dict[str, Any], history: History, keep_best: KeepBest, minutes: float = 10
+        self,
+        output: Path,
+        fingerprint: dict[str, Any],
+        history: History | None = None,
+        keep_best: KeepBest | None = None,
+        minutes: float = 10,
     ) -> None:
         self.root = Path(output) / CHECKPOINTS
         self.fingerprint = fingerprint
         self.history = history
         self.keep_best = keep_best
         self.seconds = minutes * 60
-        self.trainer: TexttuneTrainer | None = None
         self.pending = False
         self.last_save = time.monotonic()
         self.saves = 0
 
     # -- finding, checking and discarding ----------------------------------------------------------------------
 
-    def latest(self) -> Path | None:
-        """The newest complete checkpoint; incomplete ones (and staging left by a kill) are removed."""
-        if not self.root.is_dir():
-            return None
-        complete = []
+    def owned(self) -> bool:
+        """Whether the folder is texttune's: it holds the record of the run it belongs to."""
+        return (self.root / RUN_FILE).is_file()
+
+    def complete(self) -> list[Path]:
+        """The complete checkpoints, newest first; incomplete ones (and staging a kill left) are removed."""
+        if not self.owned():
+            return []
+        found = []
         for path in self.root.iterdir():
+            if not _OURS.match(path.name) or path.name == RUN_FILE:
+                continue
             if path.name.startswith("step-") and (path / COMPLETE).is_file():
-                complete.append(path)
-            elif path.name != RUN_FILE:
+                found.append(path)
+            else:
                 logger.info("removing the incomplete checkpoint %s", path)
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
-        return max(complete, key=lambda p: int(p.name.removeprefix("step-")), default=None)
+        return sorted(found, key=lambda p: int(p.name.removeprefix("step-")), reverse=True)
 
     def changed(self) -> list[str]:
         """What differs between the run the checkpoints belong to and this one; empty when resuming is safe."""
@@ -159,7 +173,14 @@ class Checkpoints(TrainerCallback):
         return changes(json.loads(marker.read_text()), self.fingerprint)
 
     def discard(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        """Remove texttune's checkpoints (only its own names; the folder too once it is empty)."""
+        if not self.owned():
+            return
+        for path in self.root.iterdir():
+            if _OURS.match(path.name):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.root.rmdir()
 
     def _claim(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -191,6 +212,7 @@ class Checkpoints(TrainerCallback):
         staging.rename(final)
         (final / COMPLETE).write_text("")  # last: a checkpoint without it is never used
         _fsync_tree(final)
+        _fsync_tree(self.root, entries=False)  # the rename itself
         for old in sorted(self.root.glob("step-*"), key=lambda p: int(p.name.removeprefix("step-")))[:-KEEP]:
             shutil.rmtree(old, ignore_errors=True)
         self.last_save, self.pending = time.monotonic(), False
@@ -230,14 +252,27 @@ class Checkpoints(TrainerCallback):
 
     def restore(self, checkpoint: Path, model: torch.nn.Module) -> dict[str, Any]:
         """Load a checkpoint's weights into `model`, and its log and kept-best weights into the run; returns its
-        run state (stage, whether it was taken mid-stage, the moving average's update count)."""
+        run state (stage, whether it was taken mid-stage, and the moving average with its update count, on the
+        model's device). Everything is read before the run is changed, so a damaged checkpoint changes nothing
+        but the weights, which the next one loaded replaces."""
+        device = str(next(model.parameters()).device)
         run = json.loads((checkpoint / RUN_FILE).read_text())
+        best = load_file(str(checkpoint / "best.safetensors")) if (checkpoint / "best.safetensors").is_file() else None
+        if (checkpoint / "ema.safetensors").is_file():
+            run["ema"] = load_file(str(checkpoint / "ema.safetensors"), device=device)
         load_model(model, str(checkpoint / "model.safetensors"), strict=True)
         self.history.restore(run["history"], mid_stage=run["mid_stage"])
-        self.keep_best.best = run["best"]
-        if (checkpoint / "best.safetensors").is_file():
-            self.keep_best.weights = load_file(str(checkpoint / "best.safetensors"))
+        self.keep_best.best, self.keep_best.weights = run["best"], best
         return run
+
+    def resume(self, candidates: list[Path], model: torch.nn.Module) -> tuple[Path, dict[str, Any]] | None:
+        """Restore the newest of `candidates` that reads back whole; a damaged one is skipped with a warning."""
+        for checkpoint in candidates:
+            try:
+                return checkpoint, self.restore(checkpoint, model)
+            except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+                logger.warning("checkpoint %s is damaged (%s); trying the one before", checkpoint, exc)
+        return None
 
     # -- when: the callback ------------------------------------------------------------------------------------
 
@@ -259,10 +294,22 @@ class Checkpoints(TrainerCallback):
             control.should_save = True
 
 
+def foreign_checkpoints(output: Path, fingerprint: dict[str, Any]) -> None:
+    """Refuse, before any work, checkpoints in `output` of another recipe or data (the changed keys named)."""
+    checkpoints = Checkpoints(output, fingerprint)
+    if checkpoints.complete():
+        changed = checkpoints.changed()
+        if changed:
+            raise TexttuneError(
+                f"{checkpoints.root} holds checkpoints of another recipe or data (changed: {', '.join(changed[:5])}); "
+                "use --restart to discard them, or another output.dir"
+            )
+
+
 def open_checkpoints(
     output: Path, fingerprint: dict[str, Any], history: History, keep_best: KeepBest, minutes: float, restart: bool
-) -> tuple[Checkpoints, Path | None]:
-    """The checkpoints of `output` and the one to resume from (None: start afresh).
+) -> tuple[Checkpoints, list[Path]]:
+    """The checkpoints of `output` and the complete ones to resume from, newest first (none: start afresh).
 
     Raises:
         TexttuneError: checkpoints of another recipe or data (the changed keys named), unless `restart`.
@@ -270,15 +317,9 @@ def open_checkpoints(
     checkpoints = Checkpoints(output, fingerprint, history, keep_best, minutes)
     if restart:
         checkpoints.discard()
-        return checkpoints, None
-    latest = checkpoints.latest()
-    if latest is None:
-        checkpoints.discard()  # a run.json without checkpoints: nothing to resume
-        return checkpoints, None
-    changed = checkpoints.changed()
-    if changed:
-        raise TexttuneError(
-            f"{checkpoints.root} holds checkpoints of another recipe or data (changed: {', '.join(changed[:5])}); "
-            "use --restart to discard them, or another output.dir"
-        )
-    return checkpoints, latest
+        return checkpoints, []
+    foreign_checkpoints(output, fingerprint)
+    complete = checkpoints.complete()
+    if not complete:
+        checkpoints.discard()  # a record without checkpoints: nothing to resume
+    return checkpoints, complete

@@ -79,8 +79,9 @@ def _claim(run: Path, fingerprint: dict[str, Any], force: bool) -> None:
         shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
     if kept:
         changed = _changes(run, fingerprint)
-        started = any(_is_complete(fold) for fold in run.glob("fold-*"))
-        if changed and started and not force:
+        # a run of ours (it has its marker) that stopped before finishing a fold costs nothing to start over
+        cheap = (run / RUN_FILE).is_file() and not any(_is_complete(fold) for fold in run.glob("fold-*"))
+        if changed and not cheap and not force:
             raise TexttuneError(
                 f"{run} holds a cv run of another recipe or data (changed: {', '.join(changed[:5])}); "
                 "use another output.dir, or --force to discard it and start over"

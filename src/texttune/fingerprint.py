@@ -17,6 +17,14 @@ _IGNORED = {"output", "tracking"}
 _IGNORED_KEYS = {"training.checkpoints", "training.checkpoint_minutes"}
 
 
+def _digest(path: Path) -> str:
+    """The file's SHA-256; empty when it cannot be read (reading the table says why, in one line)."""
+    try:
+        return sha256_of(path)
+    except OSError:
+        return ""
+
+
 def fingerprint(recipe: Recipe, cv: bool = False) -> dict[str, Any]:
     """The recipe's result-changing settings as `section.key` values, and the SHA-256 of every data file read.
 
@@ -29,11 +37,11 @@ def fingerprint(recipe: Recipe, cv: bool = False) -> dict[str, Any]:
         for key, value in values.items()
         if f"{section}.{key}" not in _IGNORED_KEYS
     }
-    data = {"data.train": sha256_of(Path(recipe.data.train))}
+    data = {"data.train": _digest(Path(recipe.data.train))}
     if cv:
         settings = {k: v for k, v in settings.items() if k not in ("data.valid", "data.valid_fraction")}
     elif recipe.data.valid is not None:
-        data["data.valid"] = sha256_of(Path(recipe.data.valid))
+        data["data.valid"] = _digest(Path(recipe.data.valid))
     return {"settings": settings, "data_sha256": data}
 
 

@@ -170,7 +170,8 @@ def infer_task(frame: pd.DataFrame, target_columns: list[str], config: TaskConfi
             f"{source_of(frame)}: column '{column}' has a single class {next(iter(counts))!r}; "
             "classification needs at least two (or set task.type: regression)"
         )
-    _refuse_one_number_written_twice(frame, column, list(counts))
+    if config.type == "auto":  # named classes ('1.1' and '1.10' as codes) are the user's to give
+        _refuse_one_number_written_twice(frame, column, list(counts))
     spellings: dict[str, list[str]] = {}
     for label in counts:
         spellings.setdefault(label.strip().lower(), []).append(label)

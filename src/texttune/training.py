@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from texttune import plots
@@ -20,7 +19,7 @@ from texttune._hardware import use_bf16
 from texttune._io import check_writable, recover_directory, scratch_directory
 from texttune._malloc import retain_freed_memory
 from texttune.bundle import BUNDLE_FILE, VALID_PREDICTIONS, BundleInfo, save_bundle
-from texttune.checkpoints import CHECKPOINTS, Checkpoints, open_checkpoints
+from texttune.checkpoints import CHECKPOINTS, Checkpoints, foreign_checkpoints, open_checkpoints
 from texttune.config import Recipe, Stage
 from texttune.errors import TexttuneError
 from texttune.fingerprint import fingerprint
@@ -108,31 +107,31 @@ def fit(
     callbacks: Sequence[TrainerCallback] = (),
     listeners: Sequence[Callable[[Entry], None]] = (),
     restart: bool = False,
+    key: dict | None = None,
 ) -> Fit:
     """Train the prepared model stage by stage (one stage without `training.stages`) and load the best weights seen
     in any stage's evaluations. `callbacks` join every stage's Trainer; `listeners` get each log entry (tracking).
 
     With `training.checkpoints`, a run killed in `output.dir` resumes from its newest checkpoint (see
-    `texttune.checkpoints`) and ends as the uninterrupted run would have; `restart` discards them instead.
+    `texttune.checkpoints`) and ends as the uninterrupted run would have; `restart` discards them instead. `key`:
+    the run's fingerprint (default: the recipe's, `texttune.fingerprint`).
     """
     retain_freed_memory()  # see texttune._malloc: reuse large buffers instead of page-faulting them in every step
     recipe, model = prepared.recipe, prepared.model
+    key = key or fingerprint(recipe)
     stages = recipe.training.stage_plan()
     metric, greater_is_better = best_metric(prepared.spec)
     keep_best, history = KeepBest(metric, greater_is_better), History(listeners, [stage.epochs for stage in stages])
-    checkpoints, resume, run = None, None, None
+    checkpoints, resumed = None, None
     if recipe.training.checkpoints:
-        checkpoints, resume = open_checkpoints(
-            Path(recipe.output.dir),
-            fingerprint(recipe),
-            history,
-            keep_best,
-            recipe.training.checkpoint_minutes,
-            restart,
+        minutes = recipe.training.checkpoint_minutes
+        checkpoints, candidates = open_checkpoints(Path(recipe.output.dir), key, history, keep_best, minutes, restart)
+        resumed = checkpoints.resume(candidates, model)
+    if resumed is not None:
+        logger.warning(
+            "resuming from the checkpoint %s (stage %d of %d)", resumed[0], resumed[1]["stage"] + 1, len(stages)
         )
-    if resume is not None:
-        run = checkpoints.restore(resume, model)
-        logger.warning("resuming from the checkpoint %s (stage %d of %d)", resume, run["stage"] + 1, len(stages))
+    run = resumed[1] if resumed else None
     first = 0 if run is None else run["stage"] + (0 if run["mid_stage"] else 1)
     with scratch_directory("scratch") as scratch:
         for index in range(first, len(stages)):
@@ -141,8 +140,8 @@ def fit(
             )
             mid_stage = run is not None and run["mid_stage"] and index == first
             if mid_stage and trainer.weight_averaging is not None:
-                trainer.weight_averaging.resume(load_file(str(resume / "ema.safetensors")), run["ema_updates"])
-            trainer.train(resume_from_checkpoint=str(resume) if mid_stage else None)
+                trainer.weight_averaging.resume(run["ema"], run["ema_updates"])
+            trainer.train(resume_from_checkpoint=str(resumed[0]) if mid_stage else None)
             if checkpoints is not None:
                 checkpoints.save(model)  # the stage is done: the next one starts from these weights
     keep_best.restore(model)
@@ -173,7 +172,7 @@ def train(
     started = time.perf_counter()
     output = Path(recipe.output.dir)
     recover_directory(output)  # a bundle write killed half-way is finished or rolled back first
-    resumable = output.is_dir() and {p.name for p in output.iterdir()} <= {CHECKPOINTS}
+    resumable = Checkpoints(output, {}).owned() and {p.name for p in output.iterdir()} == {CHECKPOINTS}
     if output.exists() and not (output / BUNDLE_FILE).is_file() and not resumable:
         raise TexttuneError(
             f"output.dir {output} exists and is not a texttune bundle; it would be replaced, so choose another "
@@ -183,11 +182,14 @@ def train(
         logger.info(
             "training.stages replace training.epochs: %g epochs in all", sum(s.epochs for s in recipe.training.stages)
         )
+    key = fingerprint(recipe, cv=examples is not None)  # a cv fold does not read data.valid
+    if recipe.training.checkpoints and not restart:
+        foreign_checkpoints(output, key)  # refused before any work
     prepared = prepare(recipe, examples)
     check_writable(output, "output.dir")  # now, not after the training
     with contextlib.nullcontext(run) if run is not None else start_run(recipe, "train") as tracked:
         tracked.log_params(recipe_params(recipe, prepared.spec))
-        result = fit(prepared, listeners=[log_entry(tracked)] if tracked.active else [], restart=restart)
+        result = fit(prepared, listeners=[log_entry(tracked)] if tracked.active else [], restart=restart, key=key)
         seconds = time.perf_counter() - started
         _write_bundle(prepared, result, seconds)
         version = record_bundle(tracked, output, prepared.spec)

@@ -137,8 +137,12 @@ def check_max_length(model: PreTrainedModel, max_length: int) -> None:
         )
 
 
+# Stored settings that could make building the encoder fetch or run code (hub kernels, remote classes).
+_UNSAFE_CONFIG_KEYS = ("auto_map", "attn_implementation", "_attn_implementation", "_attn_implementation_internal")
+
+
 def backbone_from_config(config_dict: dict[str, Any]) -> PreTrainedModel:
-    """Rebuild an encoder's architecture from its stored config, with no weights and no network."""
-    data = dict(config_dict)
+    """Rebuild an encoder's architecture from its stored config, with no weights, no network and no code."""
+    data = {k: v for k, v in config_dict.items() if k not in _UNSAFE_CONFIG_KEYS}
     config = AutoConfig.for_model(data.pop("model_type"), **data)
     return AutoModel.from_config(config, trust_remote_code=False)

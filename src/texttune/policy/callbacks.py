@@ -18,7 +18,7 @@ class WeightAveraging(TrainerCallback):
     """An exponential moving average of the weights, updated after every optimizer step (timm's ModelEma).
 
     The average is smoother than the last step's weights and often generalises better on small, noisy data.
-    `TexttuneTrainer` evaluates and checkpoints the averaged weights, so the kept checkpoint is the best average.
+    `TexttuneTrainer` evaluates the averaged weights, so the weights kept as best are the best average.
 
     Args:
         decay: weight of the old average per step; the horizon is about 1 / (1 - decay) steps. Early on the decay
@@ -66,9 +66,9 @@ class WeightAveraging(TrainerCallback):
 class KeepBest(TrainerCallback):
     """Keeps a copy of the weights at the best evaluation so far, across Trainers (fastai's SaveModelCallback).
 
-    The copy lives in host memory, so nothing is written to disk during training; one instance passed to every stage
-    of gradual unfreezing keeps the best over all of them. Runs inside `evaluate`, so with weight averaging on it
-    copies the evaluated average. Ties keep the earlier weights.
+    The copy lives in host memory (checkpoints save it with the rest, see `texttune.checkpoints`); one instance
+    passed to every stage of gradual unfreezing keeps the best over all of them. Runs inside `evaluate`, so with
+    weight averaging on it copies the evaluated average. Ties keep the earlier weights.
 
     Args:
         metric: key of the metric, without the `eval_` prefix.

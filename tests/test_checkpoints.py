@@ -24,6 +24,7 @@ BASE = {
     "training": {"epochs": 2, "batch_size": 4, "evals_per_epoch": 2, "learning_rate": 3e-3, "ema_decay": 0.9},
 }
 STAGES = [{"unfreeze": 1, "epochs": 1, "lr": 0.01}, {"unfreeze": "all", "epochs": 1}]
+ACCUMULATE = {"gradient_accumulation_steps": 2}  # 9 optimizer steps an epoch, evaluations every 5
 
 
 def _texttune(
@@ -58,22 +59,23 @@ def reference_runs(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path
     """The uninterrupted runs, each in a process of its own like the killed ones."""
     root = tmp_path_factory.mktemp("reference")
     runs = {}
-    for name, stages in (("plain", None), ("staged", STAGES)):
-        recipe = _write(root, tiny_backbone, name, stages)
+    for name, stages, training in (("plain", None, {}), ("staged", STAGES, {}), ("accumulated", None, ACCUMULATE)):
+        recipe = _write(root, tiny_backbone, name, stages, **training)
         completed = _texttune(recipe)
         assert completed.returncode == 0, completed.stderr[-2000:]
         runs[name] = root / name
     return runs
 
 
-def _write(root: Path, backbone: Path, name: str, stages: list | None) -> Path:
+def _write(root: Path, backbone: Path, name: str, stages: list | None, **training: object) -> Path:
     """The recipe of a run named `name` in `root`, on the tiny backbone and a 90-row table (as write_recipe)."""
     from texttune.testing import synthetic_table
 
     table = root / "table.csv"
     if not table.exists():
         synthetic_table(90, "classification").to_csv(table, index=False)
-    training = {**BASE["training"], "warmup_ratio": 0, "precision": "fp32", **({"stages": stages} if stages else {})}
+    training = {**BASE["training"], "warmup_ratio": 0, "precision": "fp32", **({"stages": stages} if stages else {}),
+                **training}  # fmt: skip
     recipe = {
         "data": {"train": str(table), "text_columns": "text", "target_columns": ["label"], "id_column": "id"},
         "model": {"backbone": str(backbone), "max_length": 32},
@@ -92,12 +94,14 @@ def _write(root: Path, backbone: Path, name: str, stages: list | None) -> Path:
         ("mid-epoch", None, "step:14", "step-10"),  # epoch 0, 4 steps after the checkpoint at step 10
         ("mid-stage", STAGES, "step:30", "step-28"),  # stage 2 of gradual unfreezing, its own step 12
         ("mid-write", None, "save:2", "step-10"),  # killed while writing the second checkpoint (step 18)
+        ("accumulated", None, "step:7", "step-5"),  # two batches a step: the data position counts both
     ],
 )
 def test_a_killed_run_resumes_to_the_same_model(
     tmp_path: Path, tiny_backbone: Path, reference_runs, scenario: str, stages, crash_at: str, resumes_from: str
 ) -> None:
-    recipe = _write(tmp_path, tiny_backbone, scenario, stages)
+    training = ACCUMULATE if scenario == "accumulated" else {}
+    recipe = _write(tmp_path, tiny_backbone, scenario, stages, **training)
     killed = _texttune(recipe, crash_at)
     assert killed.returncode == -signal.SIGKILL
     output = tmp_path / scenario
@@ -111,7 +115,7 @@ def test_a_killed_run_resumes_to_the_same_model(
     resumed = _texttune(recipe)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming from the checkpoint {output / '.checkpoints' / resumes_from}" in resumed.stderr
-    _assert_same_run(output, reference_runs["staged" if stages else "plain"])
+    _assert_same_run(output, reference_runs["staged" if stages else "accumulated" if training else "plain"])
 
 
 def test_checkpoints_of_another_recipe_are_refused_unless_restarted(write_recipe, tmp_path: Path, capsys) -> None:

@@ -206,10 +206,13 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(
     assert _texttune(recipe, "step:24").returncode == -signal.SIGKILL  # checkpoints at steps 10 and 18
     weights = output / ".checkpoints" / "step-18" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # marked complete, yet damaged (a disk fault)
+    older = output / ".checkpoints" / "step-10" / "run.json"
+    older.write_text(older.read_text().replace('"bf16": false', '"bf16": true'))  # as if written on a bf16 CPU
     resumed = _texttune(recipe)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "step-18 is damaged" in resumed.stderr and "resuming from the checkpoint" in resumed.stderr
     assert str(output / ".checkpoints" / "step-10") in resumed.stderr
+    assert "written with bf16 on and this machine trains with it off" in resumed.stderr
     _assert_same_run(output, reference_runs["plain"])
 
 

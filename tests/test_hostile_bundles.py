@@ -100,6 +100,10 @@ def _labels_do_not_match_the_weights(bundle: Path) -> None:
     _edit_description(bundle, lambda d: d["task"].update(labels=["a", "b", "c", "d", "e"]))
 
 
+def _huge_encoder_promised(bundle: Path) -> None:
+    _edit_description(bundle, lambda d: d["backbone_config"].update(hidden_size=2**20, intermediate_size=2**22))
+
+
 def _max_length_beyond_positions(bundle: Path) -> None:
     _edit_description(bundle, lambda d: d["pipeline"].update(max_length=4096))
 
@@ -157,7 +161,7 @@ HOSTILE = {
     "modified weights": (_flip_a_byte, "model.safetensors: modified or damaged"),
     "truncated weights": (_truncate, "model.safetensors: modified or damaged"),
     "pickle added": (_add_pickle, "pytorch_model.bin: a pickle-capable file in a bundle"),
-    "pickle as weights": (_pickle_as_weights, "the weights do not load into the model"),
+    "pickle as weights": (_pickle_as_weights, "model.safetensors: the weights are unreadable"),
     "symlinked weights": (_symlink_weights, "model.safetensors: a symlink inside a bundle"),
     "extra file": (_extra_file, "holds notes.txt, which it did not write"),
     "missing file": (_missing_file, "lacks tokenizer.json"),
@@ -166,6 +170,7 @@ HOSTILE = {
     "remote-code encoder": (_remote_code_encoder, "unreadable bundle description"),
     "labels not matching weights": (_labels_do_not_match_the_weights, "the weights do not load into the model"),
     "max_length beyond positions": (_max_length_beyond_positions, "max_length 4096 is longer than the encoder's"),
+    "huge encoder promised": (_huge_encoder_promised, "the weights do not load into the model"),
     "future format": (_future_format, "bundle format version 99 is not supported"),
     "ensemble path traversal": (_ensemble_escapes, "member '../bundle' is not a folder name inside"),
     "ensemble symlinked member": (_ensemble_symlinked_member, "fold-0: a symlink; an ensemble's members are folders"),

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import transformers
 import yaml
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from transformers import AutoTokenizer
 
@@ -284,16 +284,22 @@ def load_bundle(path: str | Path) -> Bundle:
         data = _upgrade_format_1(data, tokenizer) if version == 1 else data
         pipeline = TextPipeline.from_dict(data.pop("pipeline"), tokenizer)
         info = BundleInfo.from_dict(data)
-        backbone = backbone_from_config(info.backbone_config)
+        with torch.device("meta"):  # shapes only: a description promising a huge model allocates nothing
+            skeleton = TextModel(
+                backbone_from_config(info.backbone_config), info.pooling, info.task.num_outputs, info.head_dropout
+            )
     except (KeyError, TypeError, ValueError, TexttuneError) as exc:
         raise TexttuneError(f"{path / BUNDLE_FILE}: unreadable bundle description ({_first_line(exc)})") from None
-    limit = max_positions(backbone)
+    _check_shapes(path / WEIGHTS_FILE, skeleton)
+    limit = max_positions(skeleton.backbone)
     if limit is not None and pipeline.max_length > limit:
         raise TexttuneError(
             f"{path / BUNDLE_FILE}: max_length {pipeline.max_length} is longer than the encoder's {limit} positions; "
             "the description does not match the model"
         )
-    model = TextModel(backbone, info.pooling, info.task.num_outputs, info.head_dropout)
+    model = TextModel(
+        backbone_from_config(info.backbone_config), info.pooling, info.task.num_outputs, info.head_dropout
+    )
     try:
         load_model(model, str(path / WEIGHTS_FILE), strict=True)
     except Exception as exc:  # safetensors and torch raise several types for damaged or mismatched weights
@@ -302,6 +308,25 @@ def load_bundle(path: str | Path) -> Bundle:
             f"({_first_line(exc)}); the bundle is damaged or its files do not belong together"
         ) from None
     return Bundle(model.eval(), pipeline, info)
+
+
+def _check_shapes(weights: Path, skeleton: TextModel) -> None:
+    """The stored tensors have the shapes the description's model has, read from the file's header alone."""
+    described = {name: tuple(value.shape) for name, value in skeleton.state_dict().items()}
+    try:
+        with safe_open(str(weights), "pt") as stored:
+            shapes = {name: tuple(stored.get_slice(name).get_shape()) for name in stored.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises several types for a damaged header
+        raise TexttuneError(
+            f"{weights}: the weights are unreadable ({_first_line(exc)}); the bundle is damaged"
+        ) from None
+    wrong = next((name for name, shape in shapes.items() if described.get(name) != shape), None)
+    if wrong is not None:
+        raise TexttuneError(
+            f"{weights}: the weights do not load into the model texttune.json describes ({wrong}: stored "
+            f"{list(shapes[wrong])}, described {list(described[wrong]) if wrong in described else 'none'}); "
+            "the bundle is damaged or its files do not belong together"
+        )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -224,6 +224,7 @@ class Checkpoints(TrainerCallback):
         run = {
             "stage": self.history.stage,
             "mid_stage": trainer is not None,
+            "bf16": bool(trainer.args.bf16) if trainer is not None else None,
             "history": self.history.state(),
             "best": self.keep_best.best,
         }

@@ -131,6 +131,12 @@ def fit(
         logger.warning(
             "resuming from the checkpoint %s (stage %d of %d)", resumed[0], resumed[1]["stage"] + 1, len(stages)
         )
+        if resumed[1].get("bf16") not in (None, use_bf16(recipe.training.precision)):
+            logger.warning(
+                "the checkpoint was written with bf16 %s and this machine trains with it %s: the run goes on, but "
+                "will not end bit for bit as an uninterrupted run would",
+                "on" if resumed[1]["bf16"] else "off", "on" if use_bf16(recipe.training.precision) else "off",
+            )  # fmt: skip
     run = resumed[1] if resumed else None
     first = 0 if run is None else run["stage"] + (0 if run["mid_stage"] else 1)
     with scratch_directory("scratch") as scratch:

@@ -88,8 +88,6 @@ class Bundle:
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
 _TOKENIZER_SETTINGS = ("tokenizer_config.json", "special_tokens_map.json")
-
-
 CHECKPOINTS = ".checkpoints"  # a training going on (or killed) into the bundle's folder keeps these beside it
 
 
@@ -107,21 +105,20 @@ def file_hashes(folder: Path) -> dict[str, str]:
 _FILE_KEYS = ("vocab", "merges")
 
 
+def _names_a_file(key: str, value: object) -> bool:
+    """Whether one tokenizer setting names a file (or remote code)."""
+    text = isinstance(value, str) or (isinstance(value, list) and any(isinstance(v, str) for v in value))
+    return key == "auto_map" or ((key.endswith(("_file", "_files")) or key in _FILE_KEYS) and text)
+
+
 def _names_files(value: object) -> bool:
     """Whether tokenizer settings name files (`fast_tokenizer_files: ["../../x"]`, `vocab: "/etc/words"`) or remote
-    code (`auto_map`): a bundle's tokenizer is its tokenizer.json and nothing else."""
+    code (`auto_map`), at any depth: a bundle's tokenizer is its tokenizer.json and nothing else."""
     if isinstance(value, dict):
-        return "auto_map" in value or any(
-            _names_files(v) or ((k.endswith(("_file", "_files")) or k in _FILE_KEYS) and _has_text(v))
-            for k, v in value.items()
-        )
+        return any(_names_a_file(k, v) or _names_files(v) for k, v in value.items())
     if isinstance(value, list):
         return any(_names_files(v) for v in value)
     return False
-
-
-def _has_text(value: object) -> bool:
-    return isinstance(value, str) or (isinstance(value, list) and any(isinstance(v, str) for v in value))
 
 
 def _clean_tokenizer_settings(folder: Path) -> None:
@@ -131,11 +128,7 @@ def _clean_tokenizer_settings(folder: Path) -> None:
         settings = folder / name
         if settings.is_file():
             data = json.loads(settings.read_text())
-            kept = {
-                k: v
-                for k, v in data.items()
-                if k != "auto_map" and not ((k.endswith(("_file", "_files")) or k in _FILE_KEYS) and _has_text(v))
-            }
+            kept = {k: v for k, v in data.items() if not _names_a_file(k, v)}
             if kept != data:
                 settings.write_text(json.dumps(kept, indent=2) + "\n")
 

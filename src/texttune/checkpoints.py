@@ -266,13 +266,25 @@ class Checkpoints(TrainerCallback):
         self.keep_best.best, self.keep_best.weights = run["best"], best
         return run
 
-    def resume(self, candidates: list[Path], model: torch.nn.Module) -> tuple[Path, dict[str, Any]] | None:
-        """Restore the newest of `candidates` that reads back whole; a damaged one is skipped with a warning."""
+    def resume(
+        self, candidates: list[Path], model: torch.nn.Module, stages: int, bf16: bool
+    ) -> tuple[Path, dict[str, Any]] | None:
+        """Restore the newest of `candidates` that reads back whole (a damaged one is skipped with a warning) and
+        say so; `bf16`: whether this machine trains with it, which a checkpoint written otherwise warns about."""
         for checkpoint in candidates:
             try:
-                return checkpoint, self.restore(checkpoint, model)
+                run = self.restore(checkpoint, model)
             except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
                 logger.warning("checkpoint %s is damaged (%s); trying the one before", checkpoint, exc)
+                continue
+            logger.warning("resuming from the checkpoint %s (stage %d of %d)", checkpoint, run["stage"] + 1, stages)
+            if run.get("bf16") not in (None, bf16):
+                logger.warning(
+                    "the checkpoint was written with bf16 %s and this machine trains with it %s: the run goes on, "
+                    "but will not end bit for bit as an uninterrupted run would",
+                    "on" if run["bf16"] else "off", "on" if bf16 else "off",
+                )  # fmt: skip
+            return checkpoint, run
         return None
 
     # -- when: the callback ------------------------------------------------------------------------------------

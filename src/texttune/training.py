@@ -118,25 +118,16 @@ def fit(
     """
     retain_freed_memory()  # see texttune._malloc: reuse large buffers instead of page-faulting them in every step
     recipe, model = prepared.recipe, prepared.model
-    key = key or fingerprint(recipe)
     stages = recipe.training.stage_plan()
     metric, greater_is_better = best_metric(prepared.spec)
     keep_best, history = KeepBest(metric, greater_is_better), History(listeners, [stage.epochs for stage in stages])
     checkpoints, resumed = None, None
     if recipe.training.checkpoints:
-        minutes = recipe.training.checkpoint_minutes
-        checkpoints, candidates = open_checkpoints(Path(recipe.output.dir), key, history, keep_best, minutes, restart)
-        resumed = checkpoints.resume(candidates, model)
-    if resumed is not None:
-        logger.warning(
-            "resuming from the checkpoint %s (stage %d of %d)", resumed[0], resumed[1]["stage"] + 1, len(stages)
+        output, minutes = Path(recipe.output.dir), recipe.training.checkpoint_minutes
+        checkpoints, candidates = open_checkpoints(
+            output, key or fingerprint(recipe), history, keep_best, minutes, restart
         )
-        if resumed[1].get("bf16") not in (None, use_bf16(recipe.training.precision)):
-            logger.warning(
-                "the checkpoint was written with bf16 %s and this machine trains with it %s: the run goes on, but "
-                "will not end bit for bit as an uninterrupted run would",
-                "on" if resumed[1]["bf16"] else "off", "on" if use_bf16(recipe.training.precision) else "off",
-            )  # fmt: skip
+        resumed = checkpoints.resume(candidates, model, len(stages), use_bf16(recipe.training.precision))
     run = resumed[1] if resumed else None
     first = 0 if run is None else run["stage"] + (0 if run["mid_stage"] else 1)
     with scratch_directory("scratch") as scratch:
@@ -188,8 +179,8 @@ def train(
         logger.info(
             "training.stages replace training.epochs: %g epochs in all", sum(s.epochs for s in recipe.training.stages)
         )
-    key = fingerprint(recipe, cv=examples is not None)  # a cv fold does not read data.valid
-    if recipe.training.checkpoints and not restart:
+    key = fingerprint(recipe, cv=examples is not None) if recipe.training.checkpoints else None  # folds skip valid
+    if key is not None and not restart:
         foreign_checkpoints(output, key)  # refused before any work
     prepared = prepare(recipe, examples)
     check_writable(output, "output.dir")  # now, not after the training

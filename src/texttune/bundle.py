@@ -16,9 +16,12 @@ and the clipping in the task; it still loads, read into the same objects, with a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,11 +82,30 @@ class BundleInfo:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A loaded bundle: the model, the pipeline that feeds it, and its description."""
+    """A loaded bundle: the text pipeline, its description, its exported engines, and the model (its weights read
+    on first use, so a bundle served by ONNX Runtime never builds the PyTorch model)."""
 
-    model: TextModel
+    path: Path
     pipeline: TextPipeline
     info: BundleInfo
+    exports: dict[str, Any] = field(default_factory=dict)  # engine name -> file and fidelity figures (export.py)
+
+    @functools.cached_property
+    def model(self) -> TextModel:
+        model = TextModel(
+            backbone_from_config(self.info.backbone_config),
+            self.info.pooling,
+            self.info.task.num_outputs,
+            self.info.head_dropout,
+        )
+        try:
+            load_model(model, str(self.path / WEIGHTS_FILE), strict=True)
+        except Exception as exc:  # safetensors and torch raise several types for damaged or mismatched weights
+            raise TexttuneError(
+                f"{self.path / WEIGHTS_FILE}: the weights do not load into the model texttune.json describes "
+                f"({_first_line(exc)}); the bundle is damaged or its files do not belong together"
+            ) from None
+        return model.eval()
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
@@ -249,8 +271,11 @@ def _write_bundle_files(
         verify_bundle(staging)  # never replace a bundle by one that would be refused
 
 
-def load_bundle(path: str | Path) -> Bundle:
+def load_bundle(path: str | Path, model: bool = True) -> Bundle:
     """Rebuild model, pipeline and description from a bundle, with no network and no code from the bundle.
+
+    Args:
+        model: read the weights now (False: on first use of `Bundle.model`; their shapes are checked now).
 
     Raises:
         TexttuneError: the directory is not a complete texttune bundle.
@@ -269,6 +294,7 @@ def load_bundle(path: str | Path) -> Bundle:
     if version not in (1, FORMAT_VERSION):
         raise TexttuneError(f"bundle format version {version} is not supported (expected {FORMAT_VERSION})")
     data.pop("files", None)
+    exports = data.pop("exports", {})
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
     except Exception as exc:  # the tokenizer libraries raise many types for damaged files
@@ -290,17 +316,10 @@ def load_bundle(path: str | Path) -> Bundle:
             f"{path / BUNDLE_FILE}: max_length {pipeline.max_length} is longer than the encoder's {limit} positions; "
             "the description does not match the model"
         )
-    model = TextModel(
-        backbone_from_config(info.backbone_config), info.pooling, info.task.num_outputs, info.head_dropout
-    )
-    try:
-        load_model(model, str(path / WEIGHTS_FILE), strict=True)
-    except Exception as exc:  # safetensors and torch raise several types for damaged or mismatched weights
-        raise TexttuneError(
-            f"{path / WEIGHTS_FILE}: the weights do not load into the model texttune.json describes "
-            f"({_first_line(exc)}); the bundle is damaged or its files do not belong together"
-        ) from None
-    return Bundle(model.eval(), pipeline, info)
+    bundle = Bundle(path, pipeline, info, exports)
+    if model:
+        bundle.model  # noqa: B018 (read now: a damaged file fails here, not at the first prediction)
+    return bundle
 
 
 def _check_shapes(weights: Path, skeleton: TextModel) -> None:
@@ -327,6 +346,34 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
+def add_exports(path: str | Path, files: dict[str, Path], exports: dict[str, dict[str, Any]]) -> None:
+    """Add exported files (name -> where they are now) to a bundle with their `exports` records, atomically: a
+    copy of the bundle (hard links where the disk allows) gets them, its hash manifest is rewritten and verified,
+    then it replaces the bundle. The files are moved in."""
+    path = Path(path)
+    description = json.loads((path / BUNDLE_FILE).read_text())
+    try:
+        with atomic_directory(path) as staging:
+            for entry in _entries(path):
+                if entry.name in files:
+                    continue
+                try:
+                    os.link(entry, staging / entry.name)
+                except OSError:
+                    shutil.copy2(entry, staging / entry.name)
+            for name, source in files.items():
+                shutil.move(source, staging / name)
+            description["exports"] = {**description.get("exports", {}), **exports}
+            if "files" in description:
+                description["files"] = file_hashes(staging)
+            (staging / BUNDLE_FILE).write_text(json.dumps(description, indent=2) + "\n")
+            verify_bundle(staging)
+    except OSError as exc:
+        raise TexttuneError(
+            f"{path}: could not add the export ({write_failure(exc)}); the bundle is untouched"
+        ) from None
+
+
 def normalized_weights(weights: object, members: int) -> list[float]:
     """An ensemble's weights, summing to 1: one finite, non-negative number per member (None: equal weights).
 
@@ -346,18 +393,12 @@ def normalized_weights(weights: object, members: int) -> list[float]:
     return [w / sum(values) for w in values]
 
 
-def load_ensemble(path: str | Path) -> tuple[list[Bundle], BundleInfo, list[float] | None]:
-    """A cv run directory: the fold bundles its manifest names, their merged description, and the manifest's
-    weights.
-
-    The members must read texts the same way (backbone and text pipeline) and predict the same outputs, so each
-    text is tokenized once for all of them. Their post-processing is merged (regression outputs are clipped to the
-    union of the folds' ranges).
+def ensemble_members(path: Path) -> list[str]:
+    """The member folders a cv run's manifest names, each a folder inside it.
 
     Raises:
-        TexttuneError: a member is missing or incomplete, or the members disagree.
+        TexttuneError: an unreadable manifest, no members, or a member that is a path out of the run or a symlink.
     """
-    path = Path(path)
     try:
         manifest = json.loads((path / ENSEMBLE_FILE).read_text())
         members = list(manifest["members"])
@@ -370,7 +411,23 @@ def load_ensemble(path: str | Path) -> tuple[list[Bundle], BundleInfo, list[floa
             raise TexttuneError(f"{path / member}: a symlink; an ensemble's members are folders inside its run")
     if not members:
         raise TexttuneError(f"{path / ENSEMBLE_FILE}: the manifest names no members; re-run the cv to rewrite it")
-    bundles = [load_bundle(path / member) for member in members]
+    return members
+
+
+def load_ensemble(path: str | Path, model: bool = True) -> tuple[list[Bundle], BundleInfo, list[float] | None]:
+    """A cv run directory: the fold bundles its manifest names, their merged description, and the manifest's
+    weights.
+
+    The members must read texts the same way (backbone and text pipeline) and predict the same outputs, so each
+    text is tokenized once for all of them. Their post-processing is merged (regression outputs are clipped to the
+    union of the folds' ranges).
+
+    Raises:
+        TexttuneError: a member is missing or incomplete, or the members disagree.
+    """
+    path = Path(path)
+    members = ensemble_members(path)
+    bundles = [load_bundle(path / member, model) for member in members]
 
     def reads(bundle: Bundle) -> tuple:
         task = bundle.info.task
@@ -383,6 +440,6 @@ def load_ensemble(path: str | Path) -> tuple[list[Bundle], BundleInfo, list[floa
                 "an ensemble needs folds of one recipe"
             )
     postprocess = PostProcessing.ensemble([bundle.info.postprocess for bundle in bundles])
-    weights = manifest.get("weights")
+    weights = json.loads((path / ENSEMBLE_FILE).read_text()).get("weights")
     normalized_weights(weights, len(bundles))  # refused here, not at the first prediction
     return bundles, dataclasses.replace(bundles[0].info, postprocess=postprocess), weights

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 Features = dict[str, list[int]]  # one tokenized text: input_ids, attention_mask (and token_type_ids)
@@ -26,11 +27,13 @@ class PaddingCollator:
     pad_to_multiple_of: int = 8
     max_length: int | None = None
 
-    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        longest = max(len(f["input_ids"]) for f in features)
+    def width(self, longest: int) -> int:
+        """The padded width of a batch whose longest text has `longest` tokens."""
         width = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        if self.max_length is not None:
-            width = max(longest, min(width, self.max_length))
+        return width if self.max_length is None else max(longest, min(width, self.max_length))
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        width = self.width(max(len(f["input_ids"]) for f in features))
         batch: dict[str, torch.Tensor] = {}
         for key, pad_value in (("input_ids", self.pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
             if key not in features[0]:
@@ -95,6 +98,27 @@ class TextPipeline:
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=False)
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
         return [{k: encoded[k][i] for k in keys} for i in range(len(texts))]
+
+    def batches(self, features: Sequence[Features], max_tokens: int, max_batch: int) -> list[np.ndarray]:
+        """Indices of `features` in batches of similar lengths: sorted by length, each batch as many texts as fit
+        in `max_tokens` padded tokens (texts x padded width), at most `max_batch`, and always at least one.
+
+        A budget of tokens, not a count of texts, keeps the work per batch even: 200 short sentences cost what
+        10 long essays do.
+        """
+        lengths = np.fromiter((len(f["input_ids"]) for f in features), dtype=np.int64, count=len(features))
+        order = np.argsort(lengths, kind="stable")
+        width = self.collate.width
+        batches, start = [], 0
+        while start < len(order):
+            end = start + 1  # ascending lengths: the newest text sets the batch's padded width
+            while end < len(order) and end - start < max_batch:
+                if (end + 1 - start) * width(int(lengths[order[end]])) > max_tokens:
+                    break
+                end += 1
+            batches.append(order[start:end])
+            start = end
+        return batches
 
     @property
     def collate(self) -> PaddingCollator:

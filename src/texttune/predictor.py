@@ -7,6 +7,7 @@ restored, ensemble members are averaged, and the bundle's post-processing turns 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from texttune._io import atomic_file, check_writable
 from texttune.bundle import (
     ENSEMBLE_FILE,
     MODEL_URI_PREFIX,
+    Bundle,
     BundleInfo,
     load_bundle,
     load_ensemble,
@@ -28,7 +30,7 @@ from texttune.data import read_table, read_texts, require_columns
 from texttune.errors import TexttuneError
 from texttune.pipeline import Features, TextPipeline
 from texttune.postprocess import softmax
-from texttune.runners import Runner, TorchRunner, runs_in_bf16
+from texttune.runners import OnnxRunner, Runner, TorchRunner, choose_engine, runs_in_bf16
 from texttune.task import Examples, TaskSpec
 
 
@@ -43,7 +45,9 @@ class Predictor:
         pipeline: how rows become token ids and padded batches (the bundle's).
         info: the task, the id column and the post-processing of the outputs.
         weights: one non-negative weight per member (default equal).
-        batch_size: texts per forward pass.
+        batch_size: at most this many texts per forward pass.
+        max_tokens: padded tokens per forward pass (texts x padded width): batches of short texts are larger.
+        engine: the engine the runners are, as `texttune.runners.choose_engine` names it (shown by servers).
 
     Example:
         >>> predictor = Predictor.load("texttune-runs/model")
@@ -58,55 +62,98 @@ class Predictor:
         pipeline: TextPipeline,
         info: BundleInfo,
         weights: Sequence[float] | None = None,
-        batch_size: int = 64,
+        batch_size: int = 128,
+        max_tokens: int = 16384,
         progress: bool = False,
+        engine: str = "torch",
     ) -> None:
-        if batch_size < 1:
-            raise TexttuneError(f"batch_size must be a positive integer, got {batch_size}")
+        if batch_size < 1 or max_tokens < 1:
+            raise TexttuneError(f"batch_size and max_tokens must be positive integers, got {batch_size}, {max_tokens}")
         self.runners = list(runners)
         self.weights = np.asarray(normalized_weights(weights, len(self.runners)))
         self.pipeline = pipeline
         self.info = info
         self.batch_size = batch_size
+        self.max_tokens = max_tokens
         self.progress = progress
+        self.engine = engine
+        self.about: dict[str, Any] = {}  # where it was loaded from, its scores and fidelity figures (`load`)
 
     @classmethod
     def load(
-        cls, path: str | Path, tracking_uri: str | None = None, precision: str = "auto", **kwargs: Any
+        cls,
+        path: str | Path,
+        tracking_uri: str | None = None,
+        precision: str = "auto",
+        engine: str = "auto",
+        **kwargs: Any,
     ) -> Predictor:
         """Load a bundle written by `texttune train`, a `texttune cv` run directory as the ensemble of its folds
         (with the manifest's weights unless `weights` is given), or a registered version such as
         `models:/ellipse@best` or `models:/ellipse/3`, fetched once from the MLflow store `tracking_uri`
         (None: $MLFLOW_TRACKING_URI, else the embedded `texttune-runs/mlflow.db`) into a local cache.
 
-        `precision` auto runs bf16 where the bundle was trained in bf16 and this machine has it; fp32 never does."""
+        `engine` auto runs an ONNX export (`texttune export`) that passed its fidelity gate, int8 first, else
+        PyTorch, which it also keeps where PyTorch runs in bf16 (faster then); torch, onnx, onnx-fp32 and onnx-int8
+        ask for one. `precision` applies to PyTorch: auto runs bf16 where the bundle was trained in bf16 and this
+        machine has it; fp32 never does."""
+        source = path
         if str(path).startswith(MODEL_URI_PREFIX):  # only then the tracking code (and MLflow) is imported
             from texttune.tracking.models import fetch_model
 
             path = fetch_model(str(path), tracking_uri)
         if (Path(path) / ENSEMBLE_FILE).is_file():
-            members, info, weights = load_ensemble(path)
+            members, info, weights = load_ensemble(path, model=False)
             kwargs = {"weights": weights, **kwargs}
         else:
-            members = [load_bundle(path)]
+            members = [load_bundle(path, model=False)]
             info = members[0].info
         bf16 = runs_in_bf16(info.precision, precision)
-        return cls([TorchRunner(member.model, bf16) for member in members], members[0].pipeline, info, **kwargs)
+        # bf16 PyTorch beats ONNX Runtime's int8 where the CPU has bf16 (bench/predict_throughput.py)
+        engines = {"torch" if engine == "auto" and bf16 else choose_engine(m.exports, engine) for m in members}
+        chosen = engines.pop() if len(engines) == 1 else "torch"  # members exported alike, or all in PyTorch
+        runners: list[Runner] = []
+        for member in members:
+            if chosen == "torch":
+                runners.append(TorchRunner(member.model, bf16))
+            else:
+                runners.append(OnnxRunner(member.path / member.exports[chosen]["file"]))
+        predictor = cls(runners, members[0].pipeline, info, engine=chosen, **kwargs)
+        predictor.about = {"source": str(source), **_scores_and_fidelity(Path(path), members, chosen)}
+        return predictor
 
     @property
     def task(self) -> TaskSpec:
         return self.info.task
 
+    def card(self) -> dict[str, Any]:
+        """What a service shows about its model: task, outputs, backbone, engine, version, scores."""
+        task = self.task
+        if task.is_regression:  # the training range of each target, which the scores are read against
+            ranges = zip(task.target_columns, task.target_min or (), task.target_max or ())
+            outputs = {"targets": list(task.target_columns), "ranges": {t: [lo, hi] for t, lo, hi in ranges}}
+        else:
+            outputs = {"target": task.target_columns[0], "labels": list(task.labels)}
+        return {
+            "task": self.task.kind,
+            **outputs,
+            "text_columns": list(self.pipeline.text_columns),
+            "max_length": self.pipeline.max_length,
+            "backbone": self.info.backbone,
+            "members": len(self.runners),
+            "engine": self.engine,
+            "version": self.info.versions.get("texttune"),
+            **self.about,
+        }
+
     def outputs_of(self, features: Sequence[Features]) -> np.ndarray:
         """Head outputs (N, C) of tokenized texts, in their order. An ensemble gives the weighted mean of its
         members' outputs, or for classes the log of their mean probabilities, so that softmax gives the averaged
         probabilities."""
-        order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")  # batches of similar lengths
         outputs = np.zeros((len(self.runners), len(features), self.task.num_outputs), dtype=np.float32)  # (M, N, C)
         collate = self.pipeline.collate
-        starts = range(0, len(order), self.batch_size)
-        for start in tqdm(starts, desc="predict", disable=not self.progress, unit="batch"):
-            index = order[start : start + self.batch_size]
+        batches = self.pipeline.batches(features, self.max_tokens, self.batch_size)
+        for index in tqdm(batches, desc="predict", disable=not self.progress, unit="batch"):
             batch = collate([features[i] for i in index])
             for member, runner in enumerate(self.runners):
                 outputs[member, index] = runner(batch)
@@ -151,13 +198,21 @@ class Predictor:
             raise TypeError("predict takes a list of texts; use predict_text for one string")
         return self.predictions(self.predict_outputs(list(texts)))
 
+    def records(self, outputs: np.ndarray) -> list[dict[str, Any]]:
+        """Head outputs post-processed as JSON-ready dicts, one per row: label, index and probabilities, or scores
+        per target (the values of `predictions`)."""
+        scores = self.info.postprocess.apply(outputs).tolist()
+        if self.task.is_regression:
+            return [{"scores": dict(zip(self.task.target_columns, row))} for row in scores]
+        labels = list(self.task.labels)
+        return [
+            {"label": labels[index], "index": index, "probabilities": dict(zip(labels, row))}
+            for index, row in zip(np.argmax(scores, axis=1).tolist(), scores)
+        ]
+
     def predict_text(self, text: str) -> dict[str, Any]:
         """One text as a JSON-ready dict: label, index and probabilities, or scores per target."""
-        row = self.predict([text]).iloc[0]
-        if self.task.is_regression:
-            return {"scores": {name: float(row[name]) for name in self.task.target_columns}}
-        probabilities = {label: float(row[f"prob_{label}"]) for label in self.task.labels}
-        return {"label": row["label"], "index": self.task.labels.index(row["label"]), "probabilities": probabilities}
+        return self.records(self.predict_outputs([text]))[0]
 
     def texts_of(self, frame: pd.DataFrame) -> list[str]:
         """The model's input texts for a table's rows, its text columns joined as in training."""
@@ -190,3 +245,16 @@ class Predictor:
         with atomic_file(destination) as staging:
             submission.to_csv(staging, index=False)
         return submission
+
+
+def _scores_and_fidelity(path: Path, members: Sequence[Bundle], engine: str) -> dict[str, Any]:
+    """A loaded model's validation scores (a cv run's out-of-fold ones) and its engine's fidelity figures."""
+    if (path / ENSEMBLE_FILE).is_file():
+        scores = json.loads((path / ENSEMBLE_FILE).read_text()).get("oof", {})
+        kind = "cv (out of fold)"
+    else:
+        metrics = path / "metrics.json"
+        scores = json.loads(metrics.read_text()).get("valid", {}) if metrics.is_file() else {}
+        kind = "validation"
+    fidelity = {member.path.name: member.exports[engine] for member in members if engine in member.exports}
+    return {"score": {"kind": kind, **scores}, "fidelity": fidelity}

@@ -10,10 +10,10 @@ import sys
 
 from texttune import __version__
 from texttune._malloc import reexecute_with_tcmalloc
-from texttune.cli import cv, lr_find, predict, runs, train, verify
+from texttune.cli import cv, export, lr_find, predict, runs, serve, train, verify
 from texttune.errors import TexttuneError
 
-COMMANDS = (train, cv, lr_find, predict, runs, verify)
+COMMANDS = (train, cv, lr_find, predict, export, serve, runs, verify)
 _DISK_TROUBLE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}  # the machine's trouble, not a bug
 
 

@@ -1,0 +1,312 @@
+"""`export_bundle`: a bundle's whole model (encoder, pooling, head) as ONNX, optionally int8, kept only if it passes
+its fidelity gate.
+
+The gate runs the export and PyTorch (fp32) on the bundle's own validation rows (the rows of valid_predictions.csv,
+read back from the table its recipe names) and compares:
+- fp32: max |head output difference| <= 1e-4;
+- int8: top-1 agreement with PyTorch >= 99% and accuracy at most 0.5 points lower, or for regression an RMSE at
+  most 1% (relative) higher.
+The figures, the verdict and the CPU flags of the machine that measured them are written into `texttune.json`
+(`exports`), and the files join the bundle's hash manifest. `Predictor.load(engine="auto")` uses an export only if
+it passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from texttune.bundle import (
+    BUNDLE_FILE,
+    CHECKPOINTS,
+    ENSEMBLE_FILE,
+    VALID_PREDICTIONS,
+    Bundle,
+    add_exports,
+    ensemble_members,
+    load_bundle,
+)
+from texttune.config import build_recipe
+from texttune.data import read_table, read_texts
+from texttune.errors import TexttuneError
+from texttune.models.heads import TextModel
+from texttune.predictor import Predictor
+from texttune.runners import OnnxRunner, TorchRunner
+
+logger = logging.getLogger(__name__)
+
+FILES = {"onnx-fp32": "model.onnx", "onnx-int8": "model.int8.onnx"}
+MAX_FP32_DIFFERENCE = 1e-4
+MIN_INT8_AGREEMENT = 0.99
+MAX_INT8_ACCURACY_DROP = 0.005  # 0.5 points
+MAX_INT8_RMSE_INCREASE = 0.01  # relative
+_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+OPSET = 18
+
+
+@dataclass(frozen=True)
+class Export:
+    """One exported engine of one bundle: its file, how it was made, and its gate."""
+
+    engine: str  # onnx-fp32 or onnx-int8
+    file: str
+    exporter: str  # dynamo, or legacy (TorchScript) where the default exporter failed
+    passed: bool
+    figures: dict[str, float]
+    cpu: dict[str, Any] = field(default_factory=dict)
+    forced: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        verdict = "passed" if self.passed else "FAILED (kept with --force)" if self.forced else "failed"
+        figures = ", ".join(f"{name} {value:.6g}" for name, value in self.figures.items())
+        return f"{self.engine} {verdict} its fidelity gate: {figures}"
+
+
+def cpu_description() -> dict[str, Any]:
+    """The CPU that measured a gate: its model name and the instruction sets quantized kernels depend on."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": "unknown", "flags": []}
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    return {"model": model or "unknown", "flags": [flag for flag in _CPU_FLAGS if flag in flags]}
+
+
+def has_vnni() -> bool:
+    """Whether int8 dot products have their own instructions here; without them onnxruntime's int8 kernels can
+    saturate, which its `reduce_range` (7-bit weights) avoids."""
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(cpu_description()["flags"]))
+
+
+class _Logits(nn.Module):
+    """The model with a tensor out: exporters want tensors, not dicts."""
+
+    def __init__(self, model: TextModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ):  # noqa: E501
+        return self.model(input_ids, attention_mask, token_type_ids)["logits"]
+
+
+def _has_dynamic_axes(path: Path) -> bool:
+    """Every input's batch and sequence axes are symbols, not the sample's sizes baked in."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return all(
+        len(dims) == 2 and all(dim.dim_param and not dim.HasField("dim_value") for dim in dims)
+        for dims in (i.type.tensor_type.shape.dim for i in graph.input)
+    )
+
+
+def export_onnx(model: TextModel, sample: dict[str, torch.Tensor], destination: Path) -> str:
+    """Write `model` as one ONNX file with dynamic batch and sequence axes; returns the exporter that managed it.
+
+    The default (dynamo) exporter first; the legacy TorchScript exporter where it fails or bakes in a size.
+
+    Raises:
+        TexttuneError: neither exporter gives a graph with dynamic axes.
+    """
+    wrapped = _Logits(model.eval().float().cpu())
+    names = list(sample)
+    args = tuple(sample[name] for name in names)
+    problems = []
+    for exporter in ("dynamo", "legacy"):
+        destination.unlink(missing_ok=True)
+        try:
+            if exporter == "dynamo":
+                axes = {name: {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC} for name in names}
+                torch.onnx.export(
+                    wrapped, args, str(destination), input_names=names, output_names=["logits"], opset_version=OPSET,
+                    dynamo=True, dynamic_shapes=axes, external_data=False, verbose=False, optimize=True,
+                )  # fmt: skip
+            else:
+                axes = {name: {0: "batch", 1: "sequence"} for name in names}
+                torch.onnx.export(
+                    wrapped, args, str(destination), input_names=names, output_names=["logits"], opset_version=17,
+                    dynamo=False, dynamic_axes={**axes, "logits": {0: "batch"}},
+                )  # fmt: skip
+        except Exception as exc:  # the exporters raise many types; the next one gets its turn
+            problems.append(f"{exporter}: {_first_line(exc)}")
+            continue
+        if _has_dynamic_axes(destination):
+            return exporter
+        problems.append(f"{exporter}: the graph has fixed batch or sequence sizes")
+    family = getattr(model.backbone.config, "model_type", "this encoder")
+    raise TexttuneError(f"{family}: ONNX export failed ({'; '.join(problems)}); predict with engine torch")
+
+
+def quantize_int8(source: Path, destination: Path) -> None:
+    """onnxruntime's dynamic int8 quantization of the encoder's weights, per output channel; the head (the MatMul
+    or Gemm nearest the output, and what follows it) stays fp32, since its outputs are the predictions."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(source), load_external_data=False).graph
+    producers = {output: node for node in graph.node for output in node.output}
+    head, frontier = [], [graph.output[0].name]
+    while frontier:  # walk back from the output to the first matrix product
+        node = producers.get(frontier.pop())
+        if node is None:
+            continue
+        head.append(node.name)
+        if node.op_type not in ("MatMul", "Gemm"):
+            frontier.extend(node.input)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)  # the quantizer logs every node it skips at INFO on the root logger
+    try:
+        quantize_dynamic(
+            str(source), str(destination), per_channel=True, reduce_range=not has_vnni(),
+            weight_type=QuantType.QInt8, nodes_to_exclude=head, extra_options={"MatMulConstBOnly": True},
+        )  # fmt: skip
+    finally:
+        root.setLevel(level)
+
+
+def validation_rows(bundle: Bundle, data: str | Path | None = None) -> tuple[list[str], np.ndarray]:
+    """The texts of the bundle's validation rows and their truth (class indices, or scores (N, T)).
+
+    They are read back from `data`, else the table its recipe validated on, at the rows valid_predictions.csv
+    names; an id column must agree row for row, so a table that changed since training is refused.
+
+    Raises:
+        TexttuneError: no validation predictions or recipe, the table is missing, or it no longer holds the rows.
+    """
+    path, task = bundle.path, bundle.info.task
+    for name in (VALID_PREDICTIONS, "recipe.yaml"):
+        if not (path / name).is_file():
+            raise TexttuneError(f"{path}: no {name}, so no validation rows to gate an export on")
+    recipe = build_recipe(yaml.safe_load((path / "recipe.yaml").read_text()), str(path / "recipe.yaml"))
+    source = Path(data or recipe.data.valid or recipe.data.train)
+    if not source.is_file():
+        raise TexttuneError(
+            f"{source}: not found; the export's fidelity gate reads the bundle's validation rows from the table it "
+            "was trained on: run from the folder training ran in, or pass --data TABLE"
+        )
+    valid = read_table(path / VALID_PREDICTIONS)
+    frame = read_table(source, recipe.data.sep)
+    rows = valid["row"].astype(int).to_numpy()
+    if len(rows) == 0 or rows.max() >= len(frame):
+        raise TexttuneError(f"{source}: has {len(frame)} rows, fewer than the bundle's validation rows name")
+    picked = frame.iloc[rows].reset_index(drop=True)
+    id_column = bundle.info.id_column
+    if id_column and id_column in picked and id_column in valid:
+        wrong = np.flatnonzero(picked[id_column].astype(str).to_numpy() != valid[id_column].astype(str).to_numpy())
+        if len(wrong):
+            raise TexttuneError(
+                f"{source}: row {rows[wrong[0]] + 1} has id {picked[id_column][wrong[0]]!r}, not the "
+                f"{valid[id_column][wrong[0]]!r} the bundle validated on; pass --data with the training table"
+            )
+    texts = bundle.pipeline.join(read_texts(picked, bundle.pipeline.text_columns))
+    if task.is_regression:
+        truth = valid[list(task.target_columns)].astype(float).to_numpy()
+    else:
+        truth = valid[task.target_columns[0]].map({label: i for i, label in enumerate(task.labels)}).to_numpy()
+    return texts, truth
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def gate(engine: str, reference: np.ndarray, exported: np.ndarray, truth: np.ndarray, predictor: Predictor):
+    """The gate's figures for head outputs (N, C) of PyTorch and of an export, and whether they pass."""
+    figures = {"rows": float(len(truth)), "max_abs_difference": float(np.abs(reference - exported).max())}
+    if engine == "onnx-fp32":
+        return figures, figures["max_abs_difference"] <= MAX_FP32_DIFFERENCE
+    ours, theirs = (predictor.info.postprocess.apply(outputs) for outputs in (reference, exported))
+    if predictor.task.is_regression:
+        rmse_torch, rmse_int8 = (float(np.sqrt(((p - truth) ** 2).mean(axis=0)).mean()) for p in (ours, theirs))
+        change = (rmse_int8 - rmse_torch) / max(rmse_torch, 1e-12)
+        figures |= {"rmse_torch": rmse_torch, "rmse_int8": rmse_int8, "rmse_relative_change": change}
+        return figures, change <= MAX_INT8_RMSE_INCREASE
+    agreement = float((ours.argmax(axis=1) == theirs.argmax(axis=1)).mean())
+    accuracy_torch, accuracy_int8 = (float((p.argmax(axis=1) == truth).mean()) for p in (ours, theirs))
+    figures |= {"agreement": agreement, "accuracy_torch": accuracy_torch, "accuracy_int8": accuracy_int8}
+    passed = agreement >= MIN_INT8_AGREEMENT and accuracy_torch - accuracy_int8 <= MAX_INT8_ACCURACY_DROP
+    return figures, passed
+
+
+def export_member(path: Path, quantize: bool, force: bool, data: str | Path | None) -> list[Export]:
+    """Export one bundle (see `export_bundle`)."""
+    if (path / CHECKPOINTS).exists():
+        raise TexttuneError(f"{path}: a training is writing into this folder (it has {CHECKPOINTS}); export after it")
+    bundle = load_bundle(path)
+    texts, truth = validation_rows(bundle, data)
+    features = bundle.pipeline.encode(texts)
+    predictor = Predictor([TorchRunner(bundle.model, bf16=False)], bundle.pipeline, bundle.info)
+    reference = predictor.outputs_of(features)
+    cpu = cpu_description()
+    exports, kept = [], {}
+    with tempfile.TemporaryDirectory(prefix=".texttune-export-", dir=path.parent) as scratch:
+        fp32 = Path(scratch) / FILES["onnx-fp32"]
+        exporter = export_onnx(bundle.model, dict(bundle.pipeline.collate(features[:2])), fp32)
+        engines = {"onnx-fp32": fp32}
+        if quantize:
+            engines["onnx-int8"] = Path(scratch) / FILES["onnx-int8"]
+            quantize_int8(fp32, engines["onnx-int8"])
+        for engine, file in engines.items():
+            runner = OnnxRunner(file, threads=torch.get_num_threads())
+            outputs = Predictor([runner], bundle.pipeline, bundle.info).outputs_of(features)
+            figures, passed = gate(engine, reference, outputs, truth, predictor)
+            export = Export(engine, file.name, exporter, passed, figures, cpu, forced=force and not passed)
+            logger.debug("%s: %s", path, export.describe())
+            exports.append(export)
+            if passed or force:
+                kept[engine] = (file, export.to_dict())
+        if kept:
+            add_exports(path, {record["file"]: file for file, record in kept.values()},
+                        {engine: record for engine, (_, record) in kept.items()})  # fmt: skip
+    refused = [export for export in exports if not export.passed and not force]
+    if refused:
+        written = f"; {', '.join(kept)} written" if kept else "; nothing written"
+        raise TexttuneError(
+            f"{path}: {'; '.join(e.describe() for e in refused)}{written} (--force keeps a failed export, marked)"
+        )
+    return exports
+
+
+def export_bundle(
+    path: str | Path, quantize: bool = False, force: bool = False, data: str | Path | None = None
+) -> dict[str, list[Export]]:
+    """Export a bundle, or each member of a cv ensemble, to ONNX (and int8 with `quantize`) beside its
+    `texttune.json`, each file gated against PyTorch on the member's validation rows.
+
+    Args:
+        quantize: also write the int8 model.
+        force: keep an export that fails its gate, marked as failed (`Predictor.load` auto never picks it).
+        data: the table the bundle was trained on, where the recipe's path does not lead to it from here.
+
+    Returns:
+        Member folder -> its exports with their figures.
+
+    Raises:
+        TexttuneError: not a bundle, a failed export or gate (with the figures), no validation rows.
+    """
+    path = Path(path)
+    if (path / ENSEMBLE_FILE).is_file():
+        members = [path / member for member in ensemble_members(path)]
+    elif (path / BUNDLE_FILE).is_file():
+        members = [path]
+    else:
+        raise TexttuneError(f"{path}: not a texttune bundle or cv run; pass the output.dir of `texttune train` or cv")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return {str(member): export_member(member, quantize, force, data) for member in members}

@@ -1,0 +1,264 @@
+"""`create_app(predictor, settings)`: a `Predictor` as an HTTP service (FastAPI).
+
+POST /predict   {"texts": [...]} or {"rows": [{column: text}]} -> predictions in input order
+GET  /health    200 once the model is loaded
+GET  /info      the model card: task, labels or targets, backbone, engine, version, cv score, fidelity figures
+GET  /metrics   Prometheus text: requests by status, latency and batch-size histograms, queue depth
+GET  /          the playground page; /docs the OpenAPI page
+
+Every refusal is JSON `{"error": "..."}` naming what to change: 401 (TEXTTUNE_API_KEY set, no matching Bearer
+token), 413 (body, texts per request, characters per text), 422 (malformed JSON, wrong types), 429 with Retry-After
+(the queue is full), 503 (the request's deadline passed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, StrictStr, model_validator
+
+from texttune.predictor import Predictor
+from texttune.serving.batcher import MicroBatcher, Overloaded
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits and behaviour of the service.
+
+    Args:
+        max_body_bytes: request bodies larger than this get 413.
+        max_texts: texts (or rows) per request; more get 413.
+        max_chars: characters per text; longer texts get 413, or are cut to this length with `truncate`.
+        truncate: cut long texts instead of refusing them (the model truncates to its max_length anyway).
+        max_queued_texts: texts waiting for the model; past this, 429 with Retry-After.
+        deadline_seconds: a request not answered by then gets 503 (and its texts are dropped from the queue).
+        api_key: when set, every request but /health and the page needs `Authorization: Bearer <api_key>`.
+    """
+
+    max_body_bytes: int = 1_000_000
+    max_texts: int = 64
+    max_chars: int = 20_000
+    truncate: bool = False
+    max_queued_texts: int = 256
+    deadline_seconds: float = 10.0
+    api_key: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "api_key"} | {"auth": self.api_key is not None}
+
+
+class PredictRequest(BaseModel):
+    """Texts, or rows holding the model's text columns (joined as in training); one of the two."""
+
+    model_config = ConfigDict(extra="forbid")
+    texts: list[StrictStr] | None = None
+    rows: list[dict[str, StrictStr]] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PredictRequest:
+        if (self.texts is None) == (self.rows is None):
+            raise ValueError('give either "texts" (a list of strings) or "rows" (a list of objects), not both')
+        return self
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+class _Metrics:
+    """The service's Prometheus metrics, in a registry of its own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "texttune_requests", "HTTP requests by path and status", ["path", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "texttune_request_seconds", "latency of /predict", registry=self.registry,
+            buckets=(0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )  # fmt: skip
+        self.batch = Histogram(
+            "texttune_batch_texts", "texts per model run", registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+        )  # fmt: skip
+        self.queue = Gauge("texttune_queue_texts", "texts waiting for the model", registry=self.registry)
+
+
+_KNOWN_PATHS = {"/predict", "/health", "/info", "/metrics", "/", "/docs", "/openapi.json"}
+
+
+class _Edge:
+    """ASGI middleware around the app: refuses a body over `limit` bytes (by its Content-Length, or as it streams
+    in) and counts responses by path and status. Plain ASGI, so the disconnect of a client reaches the route."""
+
+    def __init__(self, app: Any, limit: int, metrics: _Metrics) -> None:
+        self.app, self.limit, self.metrics = app, limit, metrics
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"] if scope["path"] in _KNOWN_PATHS else "other"
+        message = f"the request body is over {self.limit} bytes; send fewer or shorter texts per request"
+
+        async def counted_send(event: dict) -> None:
+            if event["type"] == "http.response.start":
+                self.metrics.requests.labels(path, str(event["status"])).inc()
+            await send(event)
+
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            return await JSONResponse({"error": message}, 413)(scope, receive, counted_send)
+        received = 0
+
+        async def counted_receive() -> dict:
+            nonlocal received
+            event = await receive()
+            received += len(event.get("body", b""))
+            if received > self.limit:
+                raise _Refusal(413, message)  # answered by the app's handler for refusals
+            return event
+
+        await self.app(scope, counted_receive, counted_send)
+
+
+def create_app(predictor: Predictor | Callable[[], Predictor], settings: ServeSettings | None = None) -> FastAPI:
+    """The service for a loaded `Predictor`, or for a function that loads one when the server starts.
+
+    Example:
+        >>> app = create_app(lambda: Predictor.load("texttune-runs/model"), ServeSettings(max_texts=16))
+        >>> uvicorn.run(app, host="127.0.0.1", port=8000)
+    """
+    settings = settings or ServeSettings()
+    metrics = _Metrics()
+    state: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        model = predictor if isinstance(predictor, Predictor) else await asyncio.to_thread(predictor)
+        batcher = MicroBatcher(
+            model.outputs_of, model.max_tokens, settings.max_queued_texts, observe_batch=metrics.batch.observe
+        )
+        await asyncio.to_thread(model.predict_outputs, ["warm up"])  # the first request pays no set-up
+        batcher.start()
+        state.update(predictor=model, batcher=batcher)
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="texttune", summary="predictions of a fine-tuned text model", lifespan=lifespan)
+
+    @app.exception_handler(_Refusal)
+    async def refused(request: Request, exc: _Refusal) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for error in exc.errors()[:5]:
+            where = ".".join(str(part) for part in error["loc"] if part != "body") or "body"
+            problems.append(f"{where}: {error['msg']}")
+        return JSONResponse({"error": "; ".join(problems)}, 422)
+
+    async def authorized(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+            raise _Refusal(401, "send the API key as 'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})
+
+    def texts_of(body: PredictRequest, model: Predictor) -> list[str]:
+        count = len(body.texts if body.texts is not None else body.rows)
+        if count > settings.max_texts:
+            raise _Refusal(413, f"{count} texts in one request; send at most {settings.max_texts} per request")
+        if body.texts is not None:
+            texts, field = body.texts, "texts"
+        else:
+            columns = model.pipeline.text_columns
+            for index, row in enumerate(body.rows):
+                missing = [column for column in columns if column not in row]
+                if missing:
+                    raise _Refusal(422, f"rows.{index}: no '{missing[0]}'; each row needs the columns {list(columns)}")
+            texts = model.pipeline.join({column: [row[column] for row in body.rows] for column in columns})
+            field = "rows"
+        for index, text in enumerate(texts):
+            if not text.strip():
+                raise _Refusal(422, f"{field}.{index}: an empty text; send text to predict")
+            if len(text) > settings.max_chars and not settings.truncate:
+                raise _Refusal(
+                    413, f"{field}.{index}: {len(text)} characters, over the limit of {settings.max_chars}; shorten it"
+                )
+        return [text[: settings.max_chars] for text in texts]
+
+    @app.post("/predict", dependencies=[Depends(authorized)])
+    async def predict(body: PredictRequest, request: Request) -> dict[str, Any]:
+        """Predictions in input order: label, index and probabilities per class, or scores per target."""
+        started = time.perf_counter()
+        model: Predictor = state["predictor"]
+        texts = texts_of(body, model)
+        if not texts:
+            return {"predictions": []}
+        features = await asyncio.to_thread(model.pipeline.encode, texts)
+        try:
+            future = state["batcher"].submit(features)
+        except Overloaded as exc:
+            raise _Refusal(429, str(exc), {"Retry-After": str(exc.retry_after)}) from None
+        metrics.queue.set(state["batcher"].queued_texts)
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            done, _ = await asyncio.wait(
+                {future, gone}, timeout=settings.deadline_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            gone.cancel()
+        if future not in done:
+            future.cancel()  # dropped from the queue, or its result discarded
+            if gone in done:
+                return Response(status_code=499)  # nobody is listening; the status is for the logs and metrics
+            raise _Refusal(503, f"no answer within {settings.deadline_seconds:g} s; the server is busy, retry later")
+        records = model.records(future.result())
+        metrics.latency.observe(time.perf_counter() - started)
+        return {"predictions": records}
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        if "predictor" not in state:
+            raise _Refusal(503, "loading the model")
+        return {"status": "ok"}
+
+    @app.get("/info", dependencies=[Depends(authorized)])
+    async def info() -> dict[str, Any]:
+        """The model card."""
+        return {**state["predictor"].card(), "limits": settings.public()}
+
+    @app.get("/metrics", dependencies=[Depends(authorized)])
+    async def prometheus() -> Response:
+        if "batcher" in state:
+            metrics.queue.set(state["batcher"].queued_texts)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        page = resources.files("texttune.serving").joinpath("playground.html").read_text()
+        return HTMLResponse(page.replace("__AUTH__", json.dumps(settings.api_key is not None)))
+
+    app.add_middleware(_Edge, limit=settings.max_body_bytes, metrics=metrics)
+    return app
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body is already read, so the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -9,12 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pytest
 import torch
 from transformers import AlbertConfig, AutoModel
 
 from texttune import Predictor, load_recipe, train
 from texttune.config import Stage
+from texttune.errors import TexttuneError
+from texttune.export import export_bundle
 from texttune.models import TextModel, load_backbone
 from texttune.models.heads import CLS_LAST
 from texttune.models.layer_groups import layer_groups
@@ -145,3 +148,19 @@ def test_frozen_levels_stay_bit_identical_and_rates_follow_the_decay(tiny: Tiny,
     trainer.train()
     moved = {name for name, p in model.named_parameters() if not torch.equal(p.detach(), initial[name])}
     assert set(levels[-1]) & moved  # the embeddings learn once unfrozen
+
+
+def test_onnx_export_passes_its_fp32_gate_or_is_refused_clearly(tiny: Tiny, write_recipe) -> None:
+    recipe = write_recipe(rows=40, model={"backbone": str(tiny.directory)}, training={"epochs": 1})
+    bundle = train(load_recipe(recipe)).bundle
+    try:
+        (export,) = export_bundle(bundle)[str(bundle)]
+    except TexttuneError as exc:  # an exporter that cannot: refused with the family and both exporters' reasons
+        assert tiny.family in str(exc) and "dynamo" in str(exc) and "legacy" in str(exc)
+        assert not (bundle / "model.onnx").exists()
+        pytest.skip(f"{tiny.family}: {exc}")
+    assert export.passed and export.figures["max_abs_difference"] <= 1e-4, export.figures
+    texts = synthetic_table(9, seed=2)["text"].tolist() + [LONG * 3]  # other batch sizes and lengths than the gate's
+    exported = Predictor.load(bundle, engine="onnx").predict_outputs(texts)
+    reference = Predictor.load(bundle, engine="torch").predict_outputs(texts)
+    np.testing.assert_allclose(exported, reference, rtol=0, atol=1e-4)

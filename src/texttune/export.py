@@ -123,7 +123,7 @@ def export_onnx(model: TextModel, sample: dict[str, torch.Tensor], destination: 
     Raises:
         TexttuneError: neither exporter gives a graph with dynamic axes.
     """
-    wrapped = _Logits(model.eval().float().cpu())
+    wrapped = _Logits(model.eval().float().cpu()).eval()
     names = list(sample)
     args = tuple(sample[name] for name in names)
     problems = []

@@ -256,5 +256,6 @@ def _scores_and_fidelity(path: Path, members: Sequence[Bundle], engine: str) -> 
         metrics = path / "metrics.json"
         scores = json.loads(metrics.read_text()).get("valid", {}) if metrics.is_file() else {}
         kind = "validation"
+    scores = {name: value for name, value in scores.items() if name not in ("stage", "step", "epoch")}
     fidelity = {member.path.name: member.exports[engine] for member in members if engine in member.exports}
     return {"score": {"kind": kind, **scores}, "fidelity": fidelity}

@@ -28,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, StrictStr, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from texttune.predictor import Predictor
 from texttune.serving.batcher import MicroBatcher, Overloaded
@@ -103,7 +104,7 @@ _KNOWN_PATHS = {"/predict", "/health", "/info", "/metrics", "/", "/docs", "/open
 
 class _Edge:
     """ASGI middleware around the app: refuses a body over `limit` bytes (by its Content-Length, or as it streams
-    in) and counts responses by path and status. Plain ASGI, so the disconnect of a client reaches the route."""
+    in) and counts responses by path and status. Plain ASGI, so a client's disconnect still reaches the route."""
 
     def __init__(self, app: Any, limit: int, metrics: _Metrics) -> None:
         self.app, self.limit, self.metrics = app, limit, metrics
@@ -122,17 +123,26 @@ class _Edge:
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
             return await JSONResponse({"error": message}, 413)(scope, receive, counted_send)
-        received = 0
-
-        async def counted_receive() -> dict:
-            nonlocal received
+        chunks, size, more = [], 0, True
+        while more:  # read the body here (it is small), counting as it streams in
             event = await receive()
-            received += len(event.get("body", b""))
-            if received > self.limit:
-                raise _Refusal(413, message)  # answered by the app's handler for refusals
+            if event["type"] == "http.disconnect":
+                return
+            chunks.append(event.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await JSONResponse({"error": message}, 413)(scope, receive, counted_send)
+            more = event.get("more_body", False)
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        async def replayed() -> dict:
+            nonlocal body
+            if body is None:
+                return await receive()  # after the body: the disconnect, when the client leaves
+            event, body = body, None
             return event
 
-        await self.app(scope, counted_receive, counted_send)
+        await self.app(scope, replayed, counted_send)
 
 
 def create_app(predictor: Predictor | Callable[[], Predictor], settings: ServeSettings | None = None) -> FastAPI:
@@ -163,6 +173,10 @@ def create_app(predictor: Predictor | Callable[[], Predictor], settings: ServeSe
     @app.exception_handler(_Refusal)
     async def refused(request: Request, exc: _Refusal) -> JSONResponse:
         return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

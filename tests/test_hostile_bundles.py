@@ -157,7 +157,32 @@ def _ensemble_without_members(bundle: Path) -> None:
     (run / "texttune-ensemble.json").write_text(json.dumps({"members": [], "weights": None}))
 
 
+def _onnx_reads_outside(bundle: Path) -> None:
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    (bundle.parent / "secret").write_bytes(b"0123456789abcdef")
+    weight = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+    weight.data_location = TensorProto.EXTERNAL
+    weight.ClearField("raw_data")
+    for key, value in {"location": "../secret", "offset": "0", "length": "16"}.items():
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 2]) for n in "xy")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    (bundle / "model.onnx").write_bytes(model.SerializeToString())
+    _edit_description(bundle, lambda d: d.update(exports={"onnx-fp32": {"file": "model.onnx", "passed": True}}))
+    _rehash(bundle)
+
+
+def _export_names_outside(bundle: Path) -> None:
+    _edit_description(bundle, lambda d: d.update(exports={"onnx-fp32": {"file": "../x.onnx", "passed": True}}))
+
+
 HOSTILE = {
+    "onnx external data outside": (_onnx_reads_outside, "model.onnx: ONNX Runtime cannot load it"),
+    "export names a file outside": (_export_names_outside, "export onnx-fp32 names '../x.onnx', not a file"),
     "modified weights": (_flip_a_byte, "model.safetensors: modified or damaged"),
     "truncated weights": (_truncate, "model.safetensors: modified or damaged"),
     "pickle added": (_add_pickle, "pytorch_model.bin: a pickle-capable file in a bundle"),
@@ -192,7 +217,8 @@ def clean_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path) 
     recipe.write_text(
         f"data: {{train: {root / 'train.csv'}, text_columns: text, target_columns: label}}\n"
         f"model: {{backbone: {tiny_backbone}, max_length: 32}}\n"
-        f"training: {{epochs: 1, batch_size: 8}}\ntracking: {{backend: none}}\noutput: {{dir: {root / 'bundle'}}}\n"
+        f"training: {{epochs: 1, batch_size: 8, precision: fp32}}\ntracking: {{backend: none}}\n"
+        f"output: {{dir: {root / 'bundle'}}}\n"  # fp32: engine auto picks an ONNX export on every machine
     )
     return train(load_recipe(recipe)).bundle
 

@@ -36,7 +36,7 @@ from transformers import AutoTokenizer
 from texttune._io import atomic_directory, recover_directory, sha256_of, write_failure
 from texttune.errors import TexttuneError
 from texttune.models.heads import TextModel
-from texttune.models.registry import backbone_from_config, max_positions
+from texttune.models.registry import backbone_from_config, max_positions, stored_config
 from texttune.pipeline import TextPipeline
 from texttune.postprocess import Clip, PostProcessing, Softmax
 from texttune.task import TaskSpec
@@ -92,17 +92,25 @@ class Bundle:
 
     @functools.cached_property
     def model(self) -> TextModel:
+        info, weights = self.info, self.path / WEIGHTS_FILE
+        try:
+            with torch.device("meta"):  # shapes only: a description promising a huge model allocates nothing
+                skeleton = TextModel(
+                    backbone_from_config(info.backbone_config), info.pooling, info.task.num_outputs, info.head_dropout
+                )
+        except (KeyError, TypeError, ValueError, TexttuneError) as exc:
+            raise TexttuneError(
+                f"{self.path / BUNDLE_FILE}: unreadable bundle description ({_first_line(exc)})"
+            ) from None
+        _check_shapes(weights, skeleton)
         model = TextModel(
-            backbone_from_config(self.info.backbone_config),
-            self.info.pooling,
-            self.info.task.num_outputs,
-            self.info.head_dropout,
+            backbone_from_config(info.backbone_config), info.pooling, info.task.num_outputs, info.head_dropout
         )
         try:
-            load_model(model, str(self.path / WEIGHTS_FILE), strict=True)
+            load_model(model, str(weights), strict=True)
         except Exception as exc:  # safetensors and torch raise several types for damaged or mismatched weights
             raise TexttuneError(
-                f"{self.path / WEIGHTS_FILE}: the weights do not load into the model texttune.json describes "
+                f"{weights}: the weights do not load into the model texttune.json describes "
                 f"({_first_line(exc)}); the bundle is damaged or its files do not belong together"
             ) from None
         return model.eval()
@@ -275,7 +283,8 @@ def load_bundle(path: str | Path, model: bool = True) -> Bundle:
     """Rebuild model, pipeline and description from a bundle, with no network and no code from the bundle.
 
     Args:
-        model: read the weights now (False: on first use of `Bundle.model`; their shapes are checked now).
+        model: build the model and read the weights now (False: on first use of `Bundle.model`, as an ONNX engine
+            never does).
 
     Raises:
         TexttuneError: the directory is not a complete texttune bundle.
@@ -294,7 +303,7 @@ def load_bundle(path: str | Path, model: bool = True) -> Bundle:
     if version not in (1, FORMAT_VERSION):
         raise TexttuneError(f"bundle format version {version} is not supported (expected {FORMAT_VERSION})")
     data.pop("files", None)
-    exports = data.pop("exports", {})
+    exports = _checked_exports(path, data.pop("exports", {}))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
     except Exception as exc:  # the tokenizer libraries raise many types for damaged files
@@ -303,14 +312,9 @@ def load_bundle(path: str | Path, model: bool = True) -> Bundle:
         data = _upgrade_format_1(data, tokenizer) if version == 1 else data
         pipeline = TextPipeline.from_dict(data.pop("pipeline"), tokenizer)
         info = BundleInfo.from_dict(data)
-        with torch.device("meta"):  # shapes only: a description promising a huge model allocates nothing
-            skeleton = TextModel(
-                backbone_from_config(info.backbone_config), info.pooling, info.task.num_outputs, info.head_dropout
-            )
+        limit = max_positions(stored_config(info.backbone_config))
     except (KeyError, TypeError, ValueError, TexttuneError) as exc:
         raise TexttuneError(f"{path / BUNDLE_FILE}: unreadable bundle description ({_first_line(exc)})") from None
-    _check_shapes(path / WEIGHTS_FILE, skeleton)
-    limit = max_positions(skeleton.backbone)
     if limit is not None and pipeline.max_length > limit:
         raise TexttuneError(
             f"{path / BUNDLE_FILE}: max_length {pipeline.max_length} is longer than the encoder's {limit} positions; "
@@ -320,6 +324,17 @@ def load_bundle(path: str | Path, model: bool = True) -> Bundle:
     if model:
         bundle.model  # noqa: B018 (read now: a damaged file fails here, not at the first prediction)
     return bundle
+
+
+def _checked_exports(path: Path, exports: object) -> dict[str, Any]:
+    """The `exports` records, each naming a file of the bundle itself."""
+    if not isinstance(exports, dict) or not all(isinstance(r, dict) for r in exports.values()):
+        raise TexttuneError(f"{path / BUNDLE_FILE}: 'exports' is not a table of export records")
+    for engine, record in exports.items():
+        name = record.get("file")
+        if not isinstance(name, str) or Path(name).name != name or not (path / name).is_file():
+            raise TexttuneError(f"{path / BUNDLE_FILE}: export {engine} names {name!r}, not a file of the bundle")
+    return exports
 
 
 def _check_shapes(weights: Path, skeleton: TextModel) -> None:

@@ -72,7 +72,10 @@ class OnnxRunner:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         options.log_severity_level = 3  # no warnings about unused initializers
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:  # ONNX Runtime itself refuses external data outside the model's folder
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # it raises its own types for damaged or hostile files
+            raise TexttuneError(f"{path}: ONNX Runtime cannot load it ({str(exc).strip()[:200]})") from None
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:

@@ -17,7 +17,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from texttune.config import CVConfig, DataConfig, TaskConfig
 from texttune.data import is_missing, read_table, read_texts, require_columns, source_of
@@ -315,6 +314,8 @@ def parse_examples(
 
 def split_examples(examples: Examples, fraction: float, seed: int) -> tuple[Examples, Examples]:
     """Hold out `fraction` of the examples, stratified by class when every class has two examples or more."""
+    from sklearn.model_selection import train_test_split  # only training splits: prediction never loads it
+
     held_out = math.ceil(fraction * len(examples))
     if held_out >= len(examples) or held_out < 1:
         raise TexttuneError(

@@ -23,3 +23,13 @@ def positive_int(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
     return int(value)
+
+
+def add_engine_argument(parser: argparse.ArgumentParser) -> None:
+    """The engine a model predicts with (checked by `texttune.runners.choose_engine`, not imported here)."""
+    parser.add_argument(
+        "--engine",
+        default="auto",
+        metavar="ENGINE",
+        help="auto (a gated ONNX export where there is one, else PyTorch), torch, onnx, onnx-fp32 or onnx-int8",
+    )

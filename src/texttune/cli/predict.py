@@ -7,7 +7,7 @@ import json
 import logging
 import os
 
-from texttune.cli._arguments import positive_int
+from texttune.cli._arguments import add_engine_argument, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     source.add_argument("--text", help="one text; prints JSON")
     parser.add_argument("--output", help="submission CSV to write (with --input)")
     parser.add_argument("--sep", help="field separator of --input when not implied by its suffix")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="texts per forward pass (64)")
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="texts per forward pass at most (128)")
+    add_engine_argument(parser)
     parser.add_argument(
         "--tracking-uri",
         help="MLflow store of a models:/ bundle (default: $MLFLOW_TRACKING_URI, else sqlite:///texttune-runs/mlflow.db)",
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     progress = args.input is not None and not os.environ.get("TQDM_DISABLE")  # `texttune -q` sets it
     predictor = Predictor.load(
-        args.bundle, tracking_uri=args.tracking_uri, batch_size=args.batch_size, progress=progress
+        args.bundle, tracking_uri=args.tracking_uri, engine=args.engine, batch_size=args.batch_size, progress=progress
     )
     if args.text is not None:
         print(json.dumps(predictor.predict_text(args.text), indent=2))

@@ -7,7 +7,7 @@ import ipaddress
 import logging
 import os
 
-from texttune.cli._arguments import positive_int
+from texttune.cli._arguments import add_engine_argument, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -17,10 +17,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("bundle", help="a bundle, a `texttune cv` run, or a registered version (models:/NAME@best)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (8000)")
-    parser.add_argument(
-        "--engine", default="auto", choices=["auto", "torch", "onnx", "onnx-fp32", "onnx-int8"],
-        help="auto: a gated ONNX export (texttune export) where there is one, else PyTorch",
-    )  # fmt: skip
+    add_engine_argument(parser)
     parser.add_argument("--max-texts", type=positive_int, default=64, help="texts per request (64)")
     parser.add_argument("--max-chars", type=positive_int, default=20_000, help="characters per text (20000)")
     parser.add_argument("--truncate", action="store_true", help="cut texts over --max-chars instead of refusing")

@@ -18,6 +18,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from texttune.bundle import BUNDLE_FILE, ENSEMBLE_FILE, load_bundle, load_ensemble, verify_bundle
     from texttune.errors import TexttuneError
+    from texttune.runners import OnnxRunner
 
     path = Path(args.bundle)
     if (path / ENSEMBLE_FILE).is_file():
@@ -29,6 +30,9 @@ def run(args: argparse.Namespace) -> int:
     if not (path / BUNDLE_FILE).is_file():
         raise TexttuneError(f"{path}: not a texttune bundle (no {BUNDLE_FILE}) and not a cv run")
     print("\n".join(verify_bundle(path)))
-    load_bundle(path)  # and the description matches the weights
+    bundle = load_bundle(path)  # and the description matches the weights
+    for engine, record in bundle.exports.items():  # and ONNX Runtime accepts every export
+        OnnxRunner(path / record["file"])
+        print(f"{path / record['file']}: {engine} loads; fidelity gate {'passed' if record.get('passed') else 'FAILED'}")
     print(f"{path}: verified")
     return 0

@@ -1,16 +1,27 @@
-"""Encoders, pooling heads and losses, each chosen by name from a registry."""
+"""Encoders, pooling heads and losses, each chosen by name from a registry.
 
-from texttune.models.heads import POOLINGS, TextModel, create_pooling
-from texttune.models.losses import LOSSES, create_loss
-from texttune.models.registry import BACKBONE_ALIASES, load_backbone, resolve_backbone
+The names load on first use (PEP 562): a bundle loaded for prediction imports the heads, not the losses.
+"""
 
-__all__ = [
-    "BACKBONE_ALIASES",
-    "LOSSES",
-    "POOLINGS",
-    "TextModel",
-    "create_loss",
-    "create_pooling",
-    "load_backbone",
-    "resolve_backbone",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BACKBONE_ALIASES": "texttune.models.registry",
+    "LOSSES": "texttune.models.losses",
+    "POOLINGS": "texttune.models.heads",
+    "TextModel": "texttune.models.heads",
+    "create_loss": "texttune.models.losses",
+    "create_pooling": "texttune.models.heads",
+    "load_backbone": "texttune.models.registry",
+    "resolve_backbone": "texttune.models.registry",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'texttune.models' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

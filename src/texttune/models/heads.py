@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
 
 from texttune.errors import TexttuneError
 from texttune.models.layer_groups import layer_groups
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
 
 CLS_LAST = {"xlnet"}  # families whose summary token ends the sequence
 

@@ -9,12 +9,15 @@ import importlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from texttune.errors import TexttuneError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +122,8 @@ def _why_not_loaded(name: str, location: str, exc: BaseException) -> str:
 _OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text"}
 
 
-def max_positions(model: PreTrainedModel) -> int | None:
+def max_positions(config: PretrainedConfig) -> int | None:
     """Longest input the encoder's position table allows, or None with relative positions only (XLNet, DeBERTa-v3)."""
-    config = model.config
     limit = getattr(config, "max_position_embeddings", None)
     if config.model_type == "xlnet" or getattr(config, "position_biased_input", True) is False or limit is None:
         return None
@@ -129,7 +131,7 @@ def max_positions(model: PreTrainedModel) -> int | None:
 
 
 def check_max_length(model: PreTrainedModel, max_length: int) -> None:
-    limit = max_positions(model)
+    limit = max_positions(model.config)
     if limit is not None and max_length > limit:
         raise TexttuneError(
             f"model.max_length {max_length} is longer than {model.config.model_type} supports ({limit}); "
@@ -141,8 +143,12 @@ def check_max_length(model: PreTrainedModel, max_length: int) -> None:
 _UNSAFE_CONFIG_KEYS = ("auto_map", "attn_implementation", "_attn_implementation", "_attn_implementation_internal")
 
 
+def stored_config(config_dict: dict[str, Any]) -> PretrainedConfig:
+    """An encoder's config from its stored dict, without the settings that could fetch or run code."""
+    data = {k: v for k, v in config_dict.items() if k not in _UNSAFE_CONFIG_KEYS}
+    return AutoConfig.for_model(data.pop("model_type"), **data)
+
+
 def backbone_from_config(config_dict: dict[str, Any]) -> PreTrainedModel:
     """Rebuild an encoder's architecture from its stored config, with no weights, no network and no code."""
-    data = {k: v for k, v in config_dict.items() if k not in _UNSAFE_CONFIG_KEYS}
-    config = AutoConfig.for_model(data.pop("model_type"), **data)
-    return AutoModel.from_config(config, trust_remote_code=False)
+    return AutoModel.from_config(stored_config(config_dict), trust_remote_code=False)

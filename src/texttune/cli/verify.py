@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_bundle(path)  # and the description matches the weights
     for engine, record in bundle.exports.items():  # and ONNX Runtime accepts every export
         OnnxRunner(path / record["file"])
-        print(f"{path / record['file']}: {engine} loads; fidelity gate {'passed' if record.get('passed') else 'FAILED'}")
+        verdict = "passed" if record.get("passed") else "FAILED"
+        print(f"{path / record['file']}: {engine} loads; its fidelity gate {verdict}")
     print(f"{path}: verified")
     return 0

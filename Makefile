@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	# it when present. Best effort (Debian, root); without it texttune falls back to its glibc settings.
 	-[ -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 ] || apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 \
 		|| (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1) || true
+	# Headless Chromium screenshots the serving playground in the tests (skipped where it cannot be installed).
+	-command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) || true
 	touch $@
 
 demo: $(VENV)/.installed
@@ -24,6 +27,10 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/texttune predict models:/demo@latest --input demo/test.csv --output demo/submission.csv
 	$(VENV)/bin/texttune predict demo/model --text "A warm, funny and moving film."
 	$(VENV)/bin/texttune runs --limit 3
+	# ONNX and int8, each kept only if it passes its fidelity gate (a refused int8 export is reported, not fatal)
+	-$(VENV)/bin/texttune export demo/model --format onnx --quantize int8
+	$(PY) examples/serve_once.py models:/demo@latest "A warm, funny and moving film."
+	$(PY) examples/serve_once.py demo/model "A dull, tired plot."
 
 test: $(VENV)/.installed
 	$(VENV)/bin/pytest -q

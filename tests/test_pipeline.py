@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from transformers import AutoTokenizer
 
 from texttune import load_recipe, train
@@ -63,3 +64,22 @@ def test_scoring_a_local_bundle_imports_no_tracking_code(write_recipe) -> None:
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_batches_fill_a_token_budget_in_length_order(tiny_backbone: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_backbone))
+    pipeline = TextPipeline.create(tokenizer, ["text"], max_length=64)
+    rng = np.random.default_rng(0)
+    features = [{"input_ids": [1] * int(n)} for n in rng.integers(1, 65, size=300)]
+    batches = pipeline.batches(features, max_tokens=512, max_batch=40)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(300))  # every text once
+    lengths = [len(features[i]["input_ids"]) for batch in batches for i in batch]
+    assert lengths == sorted(lengths)
+    for batch in batches:
+        width = pipeline.collate([features[i] for i in batch])["input_ids"].shape[1]
+        assert len(batch) <= 40 and (len(batch) == 1 or len(batch) * width <= 512)
+    short = sum(len(b) for b in batches if len(features[b[0]]["input_ids"]) <= 8) / sum(
+        1 for b in batches if len(features[b[0]]["input_ids"]) <= 8
+    )
+    assert short == 40  # short texts fill the count, long ones the budget
+    assert [len(b) for b in pipeline.batches(features[:1] + [{"input_ids": [1] * 64}], 16, 8)] == [1, 1]

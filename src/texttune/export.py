@@ -75,14 +75,17 @@ class Export:
 
 
 def cpu_description() -> dict[str, Any]:
-    """The CPU that measured a gate: its model name and the instruction sets quantized kernels depend on."""
+    """The CPU that measured a gate: its model name, the instruction sets quantized kernels depend on, and the
+    ONNX Runtime version whose kernels ran."""
+    import onnxruntime
+
     try:
-        info = Path("/proc/cpuinfo").read_text()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return {"model": "unknown", "flags": []}
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    return {"model": model or "unknown", "flags": [flag for flag in _CPU_FLAGS if flag in flags]}
+        lines = []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    return {"model": model, "flags": [f for f in _CPU_FLAGS if f in flags], "onnxruntime": onnxruntime.__version__}
 
 
 def has_vnni() -> bool:

@@ -1,0 +1,128 @@
+"""`texttune export`: ONNX files gated against PyTorch on the bundle's validation rows, written into the bundle
+atomically and covered by its hashes; a failed gate refuses the export unless forced, and auto never uses it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from texttune import export as export_module
+from texttune import load_recipe, train
+from texttune.bundle import verify_bundle
+from texttune.cli.main import main
+from texttune.cv import run_cv
+from texttune.errors import TexttuneError
+from texttune.export import export_bundle
+from texttune.predictor import Predictor
+from texttune.testing import synthetic_table
+
+TEXTS = synthetic_table(10, seed=5)["text"].tolist()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path) -> Path:
+    root = tmp_path_factory.mktemp("export")
+    synthetic_table(60).to_csv(root / "train.csv", index=False)
+    recipe = root / "recipe.yaml"
+    recipe.write_text(
+        f"data: {{train: {root / 'train.csv'}, text_columns: text, target_columns: label, id_column: id}}\n"
+        f"model: {{backbone: {tiny_backbone}, max_length: 32}}\n"
+        f"training: {{epochs: 2, batch_size: 8, learning_rate: 3.0e-3, precision: fp32}}\n"
+        f"tracking: {{backend: none}}\noutput: {{dir: {root / 'bundle'}}}\n"
+    )
+    return train(load_recipe(recipe)).bundle
+
+
+@pytest.fixture
+def bundle(trained: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "bundle"
+    shutil.copytree(trained, copy)
+    return copy
+
+
+def test_an_export_joins_the_bundle_and_auto_uses_it(bundle: Path, capsys) -> None:
+    assert main(["export", str(bundle)]) == 0
+    assert "model.onnx: onnx-fp32 passed its fidelity gate: rows 12" in capsys.readouterr().out
+    record = json.loads((bundle / "texttune.json").read_text())["exports"]["onnx-fp32"]
+    assert record["passed"] and record["figures"]["max_abs_difference"] <= 1e-4 and record["cpu"]["flags"]
+    assert record["exporter"] in ("dynamo", "legacy")
+    assert any("model.onnx: sha256" in line for line in verify_bundle(bundle))
+    predictor = Predictor.load(bundle)
+    assert predictor.engine == "onnx-fp32" and predictor.card()["fidelity"]["bundle"]["passed"]
+    reference = Predictor.load(bundle, engine="torch")
+    np.testing.assert_allclose(predictor.predict_outputs(TEXTS), reference.predict_outputs(TEXTS), atol=1e-4)
+    data = bytearray((bundle / "model.onnx").read_bytes())
+    data[-100] ^= 0xFF
+    (bundle / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(TexttuneError, match="model.onnx: modified or damaged"):
+        Predictor.load(bundle)
+
+
+def test_int8_is_kept_only_when_it_passes_and_forced_exports_are_never_auto(bundle: Path, caplog) -> None:
+    try:
+        exports = export_bundle(bundle, quantize=True)[str(bundle)]
+        assert [e.engine for e in exports] == ["onnx-fp32", "onnx-int8"] and all(e.passed for e in exports)
+        assert Predictor.load(bundle).engine == "onnx-int8"
+    except TexttuneError as exc:  # a random tiny model can fall outside the int8 gate: then it is refused
+        assert "onnx-int8 failed its fidelity gate: rows 12" in str(exc) and "onnx-fp32 written" in str(exc)
+        assert not (bundle / "model.int8.onnx").exists() and Predictor.load(bundle).engine == "onnx-fp32"
+    record = json.loads((bundle / "texttune.json").read_text())["exports"]
+    if "onnx-int8" in record:
+        figures = record["onnx-int8"]["figures"]
+        assert figures["agreement"] >= 0.99 and figures["accuracy_torch"] - figures["accuracy_int8"] <= 0.005
+
+
+def test_a_failed_gate_writes_nothing_unless_forced(bundle: Path, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(export_module, "MAX_FP32_DIFFERENCE", -1.0)  # no export can pass
+    before = (bundle / "texttune.json").read_text()
+    with pytest.raises(TexttuneError, match=r"onnx-fp32 failed its fidelity gate: rows 12, max_abs_difference .*"
+                       r"nothing written \(--force keeps a failed export, marked\)"):  # fmt: skip
+        export_bundle(bundle)
+    assert (bundle / "texttune.json").read_text() == before and not (bundle / "model.onnx").exists()
+    assert not list(bundle.parent.glob(".*"))  # no scratch left beside it
+    (export,) = export_bundle(bundle, force=True)[str(bundle)]
+    assert not export.passed and export.forced
+    assert Predictor.load(bundle).engine == "torch"  # auto never takes a failed export
+    with caplog.at_level(logging.WARNING):
+        assert Predictor.load(bundle, engine="onnx").engine == "onnx-fp32"
+    assert "failed its fidelity gate and was kept with --force" in caplog.text
+
+
+def test_the_gate_reads_the_training_table_and_refuses_one_that_changed(bundle: Path, tmp_path: Path) -> None:
+    recipe = load_recipe(bundle / "recipe.yaml")
+    moved = tmp_path / "moved.csv"
+    shutil.move(recipe.data.train, moved)
+    try:
+        with pytest.raises(TexttuneError, match="train.csv: not found; .* pass --data TABLE"):
+            export_bundle(bundle)
+        shuffled = tmp_path / "shuffled.csv"
+        synthetic_table(60).sample(frac=1, random_state=0).to_csv(shuffled, index=False)
+        with pytest.raises(TexttuneError, match=r"shuffled.csv: row \d+ has id .*, not the .* the bundle validated on"):
+            export_bundle(bundle, data=shuffled)
+        assert export_bundle(bundle, data=moved)[str(bundle)][0].passed
+    finally:
+        shutil.move(moved, recipe.data.train)
+
+
+def test_no_export_while_a_training_writes_into_the_folder(bundle: Path) -> None:
+    (bundle / ".checkpoints").mkdir()
+    with pytest.raises(TexttuneError, match="a training is writing into this folder"):
+        export_bundle(bundle)
+    assert main(["-q", "export", str(bundle / "nowhere")]) == 2
+
+
+def test_each_member_of_an_ensemble_is_exported(write_recipe, tmp_path: Path) -> None:
+    recipe = write_recipe("regression", rows=40, training={"epochs": 1}, cv={"folds": 2})
+    run = tmp_path / "cv"
+    run_cv(load_recipe(str(recipe), [f"output.dir={run}"]))
+    exports = export_bundle(run)
+    assert sorted(Path(member).name for member in exports) == ["fold-0", "fold-1"]
+    assert all((run / f"fold-{k}" / "model.onnx").is_file() for k in (0, 1))
+    onnx, torch_ = Predictor.load(run), Predictor.load(run, engine="torch")
+    assert onnx.engine == "onnx-fp32" and len(onnx.runners) == 2
+    np.testing.assert_allclose(onnx.predict(TEXTS).to_numpy(), torch_.predict(TEXTS).to_numpy(), atol=1e-4)

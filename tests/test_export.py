@@ -10,15 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from texttune import export as export_module
-from texttune import load_recipe, train
-from texttune.bundle import verify_bundle
+from texttune import load_recipe, runners, train
+from texttune.bundle import load_bundle, verify_bundle
 from texttune.cli.main import main
 from texttune.cv import run_cv
 from texttune.errors import TexttuneError
 from texttune.export import export_bundle
 from texttune.predictor import Predictor
+from texttune.runners import choose_engine
 from texttune.testing import synthetic_table
 
 TEXTS = synthetic_table(10, seed=5)["text"].tolist()
@@ -102,7 +104,9 @@ def test_the_gate_reads_the_training_table_and_refuses_one_that_changed(bundle: 
             export_bundle(bundle)
         shuffled = tmp_path / "shuffled.csv"
         synthetic_table(60).sample(frac=1, random_state=0).to_csv(shuffled, index=False)
-        with pytest.raises(TexttuneError, match=r"shuffled.csv: row \d+ has id .*, not the .* the bundle validated on"):
+        with pytest.raises(
+            TexttuneError, match=r"shuffled.csv: row \d+ has id .*, not the .* the bundle validated on"
+        ):
             export_bundle(bundle, data=shuffled)
         assert export_bundle(bundle, data=moved)[str(bundle)][0].passed
     finally:
@@ -126,3 +130,59 @@ def test_each_member_of_an_ensemble_is_exported(write_recipe, tmp_path: Path) ->
     onnx, torch_ = Predictor.load(run), Predictor.load(run, engine="torch")
     assert onnx.engine == "onnx-fp32" and len(onnx.runners) == 2
     np.testing.assert_allclose(onnx.predict(TEXTS).to_numpy(), torch_.predict(TEXTS).to_numpy(), atol=1e-4)
+
+
+PASSED = {"file": "m.onnx", "passed": True, "reduce_range": True}
+FAILED = {"file": "m.onnx", "passed": False, "figures": {"agreement": 0.9}}
+
+
+@pytest.mark.parametrize(
+    ("members", "engine", "chosen"),
+    [
+        ([{"onnx-fp32": PASSED, "onnx-int8": PASSED}], "auto", "onnx-int8"),
+        ([{"onnx-fp32": PASSED, "onnx-int8": FAILED}], "auto", "onnx-fp32"),
+        ([{"onnx-fp32": PASSED, "onnx-int8": FAILED}], "onnx", "onnx-fp32"),  # a passed export before a forced one
+        ([{"onnx-fp32": FAILED}], "auto", "torch"),
+        ([{"onnx-fp32": FAILED}], "onnx", "onnx-fp32"),
+        ([{"onnx-fp32": PASSED, "onnx-int8": PASSED}, {"onnx-fp32": PASSED}], "auto", "onnx-fp32"),  # mixed members
+        ([{"onnx-fp32": PASSED}, {}], "auto", "torch"),
+        ([{"onnx-fp32": PASSED}], "torch", "torch"),
+    ],
+)
+def test_the_engine_is_the_best_every_member_passed(members: list, engine: str, chosen: str) -> None:
+    assert choose_engine(members, engine) == chosen
+
+
+def test_an_engine_some_member_lacks_is_refused() -> None:
+    with pytest.raises(TexttuneError, match="engine onnx-int8: a member lacks no such export"):
+        choose_engine([{"onnx-int8": PASSED}, {"onnx-fp32": PASSED}], "onnx-int8")
+    with pytest.raises(TexttuneError, match="engine 'gpu' is unknown"):
+        choose_engine([{}], "gpu")
+
+
+def test_an_int8_export_with_8_bit_weights_is_not_auto_on_a_cpu_without_vnni(monkeypatch) -> None:
+    monkeypatch.setattr(runners, "cpu_has_vnni", lambda: False)
+    eight_bits = {**PASSED, "reduce_range": False}
+    assert choose_engine([{"onnx-fp32": PASSED, "onnx-int8": eight_bits}], "auto") == "onnx-fp32"
+    assert choose_engine([{"onnx-fp32": PASSED, "onnx-int8": PASSED}], "auto") == "onnx-int8"
+
+
+def test_int8_quantizes_the_encoder_and_leaves_the_head_in_fp32(bundle: Path, tmp_path: Path) -> None:
+    import onnx
+
+    model = load_bundle(bundle).model
+    sample = {"input_ids": torch.ones(2, 8, dtype=torch.long), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    export_module.export_onnx(model, sample, tmp_path / "fp32.onnx", "dynamo")
+    export_module.quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx")
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    producers = {output: node for node in graph.node for output in node.output}
+    node, kinds = producers[graph.output[0].name], []
+    while node.op_type not in ("MatMul", "Gemm"):  # back from the output to the head's matrix product
+        kinds.append(node.op_type)
+        node = next(producers[i] for i in node.input if i in producers)
+    assert node.op_type in ("MatMul", "Gemm")  # not MatMulInteger or DynamicQuantizeMatMul
+    weights = {init.name: init for init in graph.initializer}
+    head_weight = next(weights[i] for i in node.input if i in weights)
+    assert head_weight.data_type == onnx.TensorProto.FLOAT
+    quantized = [n for n in graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "QLinearMatMul")]
+    assert len(quantized) >= 4  # the encoder's projections

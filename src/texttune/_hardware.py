@@ -1,4 +1,5 @@
-"""What the machine can do fast: bf16 on GPUs that have it and on CPUs with AVX512-BF16 or AMX."""
+"""What the machine can do fast: bf16 on GPUs that have it and on CPUs with AVX512-BF16 or AMX; int8 dot products
+on CPUs with VNNI."""
 
 from __future__ import annotations
 
@@ -7,14 +8,30 @@ from pathlib import Path
 
 import torch
 
+# The instruction sets the speed of our engines depends on: fp32 (AVX2, FMA, AVX-512), bf16, int8 (VNNI, AMX).
+KNOWN_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
 
 @functools.cache
-def cpu_has_bf16() -> bool:
+def cpu_model_and_flags() -> tuple[str, tuple[str, ...]]:
+    """The CPU's model name and which of KNOWN_FLAGS it has (Linux; elsewhere unknown and none)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        lines = []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    return model, tuple(flag for flag in KNOWN_FLAGS if flag in flags)
+
+
+def cpu_has_bf16() -> bool:
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_model_and_flags()[1]))
+
+
+def cpu_has_vnni() -> bool:
+    """Whether int8 dot products have their own instructions; without them onnxruntime's int8 kernels can
+    saturate unless weights use 7 bits (`reduce_range`)."""
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(cpu_model_and_flags()[1]))
 
 
 def bf16_available() -> bool:

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -361,16 +362,29 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
-def add_exports(path: str | Path, files: dict[str, Path], exports: dict[str, dict[str, Any]]) -> None:
-    """Add exported files (name -> where they are now) to a bundle with their `exports` records, atomically: a
-    copy of the bundle (hard links where the disk allows) gets them, its hash manifest is rewritten and verified,
-    then it replaces the bundle. The files are moved in."""
+def add_exports(
+    path: str | Path, files: dict[str, Path], exports: dict[str, dict[str, Any]], dropped: Sequence[str] = ()
+) -> None:
+    """Add exported files (name -> where they are now) to a bundle with their `exports` records, and remove the
+    records and files of the engines in `dropped` (an export that was tried again and not kept), atomically: a
+    copy of the bundle (hard links where the disk allows) is changed, its manifest extended by the new files'
+    hashes and verified, then it replaces the bundle. The new files are moved in.
+
+    Raises:
+        TexttuneError: the bundle cannot be written, or changed while the export ran (then it is left as it is).
+    """
     path = Path(path)
     description = json.loads((path / BUNDLE_FILE).read_text())
+    records = dict(description.get("exports", {}))
+    gone = {records.pop(engine)["file"] for engine in dropped if engine in records}
+    gone = {name for name in gone if name.endswith(".onnx")}  # never the weights, whatever a record says
+    records.update(exports)
+    if not files and records == description.get("exports", {}):
+        return  # nothing to change: the bundle is not rewritten
     try:
         with atomic_directory(path) as staging:
             for entry in _entries(path):
-                if entry.name in files:
+                if entry.name in files or entry.name in gone:
                     continue
                 try:
                     os.link(entry, staging / entry.name)
@@ -378,9 +392,10 @@ def add_exports(path: str | Path, files: dict[str, Path], exports: dict[str, dic
                     shutil.copy2(entry, staging / entry.name)
             for name, source in files.items():
                 shutil.move(source, staging / name)
-            description["exports"] = {**description.get("exports", {}), **exports}
-            if "files" in description:
-                description["files"] = file_hashes(staging)
+            description["exports"] = records
+            if "files" in description:  # only the new files are hashed: the others must still match the old hashes
+                kept = {k: v for k, v in description["files"].items() if k not in gone}
+                description["files"] = {**kept, **{name: sha256_of(staging / name) for name in files}}
             (staging / BUNDLE_FILE).write_text(json.dumps(description, indent=2) + "\n")
             verify_bundle(staging)
     except OSError as exc:

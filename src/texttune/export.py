@@ -13,6 +13,7 @@ it passed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -21,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import yaml
 from torch import nn
 
+from texttune._hardware import cpu_has_vnni, cpu_model_and_flags
 from texttune.bundle import (
     BUNDLE_FILE,
     CHECKPOINTS,
@@ -39,8 +42,10 @@ from texttune.config import build_recipe
 from texttune.data import read_table, read_texts
 from texttune.errors import TexttuneError
 from texttune.models.heads import TextModel
+from texttune.postprocess import PostProcessing
 from texttune.predictor import Predictor
 from texttune.runners import OnnxRunner, TorchRunner
+from texttune.task import TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +54,6 @@ MAX_FP32_DIFFERENCE = 1e-4
 MIN_INT8_AGREEMENT = 0.99
 MAX_INT8_ACCURACY_DROP = 0.005  # 0.5 points
 MAX_INT8_RMSE_INCREASE = 0.01  # relative
-_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 OPSET = 18
 
 
@@ -63,6 +67,7 @@ class Export:
     passed: bool
     figures: dict[str, float]
     cpu: dict[str, Any] = field(default_factory=dict)
+    reduce_range: bool | None = None  # int8: 7-bit weights, for CPUs without VNNI
     forced: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,23 +80,12 @@ class Export:
 
 
 def cpu_description() -> dict[str, Any]:
-    """The CPU that measured a gate: its model name, the instruction sets quantized kernels depend on, and the
-    ONNX Runtime version whose kernels ran."""
+    """The CPU that measured a gate: its model name, the instruction sets our kernels depend on, and the ONNX
+    Runtime version whose kernels ran."""
     import onnxruntime
 
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
-    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
-    return {"model": model, "flags": [f for f in _CPU_FLAGS if f in flags], "onnxruntime": onnxruntime.__version__}
-
-
-def has_vnni() -> bool:
-    """Whether int8 dot products have their own instructions here; without them onnxruntime's int8 kernels can
-    saturate, which its `reduce_range` (7-bit weights) avoids."""
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(cpu_description()["flags"]))
+    model, flags = cpu_model_and_flags()
+    return {"model": model, "flags": list(flags), "onnxruntime": onnxruntime.__version__}
 
 
 class _Logits(nn.Module):
@@ -118,46 +112,42 @@ def _has_dynamic_axes(path: Path) -> bool:
     )
 
 
-def export_onnx(model: TextModel, sample: dict[str, torch.Tensor], destination: Path) -> str:
-    """Write `model` as one ONNX file with dynamic batch and sequence axes; returns the exporter that managed it.
+EXPORTERS = ("dynamo", "legacy")  # torch.onnx's default, then the TorchScript one where the default fails
 
-    The default (dynamo) exporter first; the legacy TorchScript exporter where it fails or bakes in a size.
+
+def export_onnx(model: TextModel, sample: dict[str, torch.Tensor], destination: Path, exporter: str) -> None:
+    """Write `model` as one ONNX file with dynamic batch and sequence axes, with one of EXPORTERS.
 
     Raises:
-        TexttuneError: neither exporter gives a graph with dynamic axes.
+        TexttuneError: the exporter failed, or its graph has the sample's sizes baked in.
     """
     wrapped = _Logits(model.eval().float().cpu()).eval()
     names = list(sample)
     args = tuple(sample[name] for name in names)
-    problems = []
-    for exporter in ("dynamo", "legacy"):
-        destination.unlink(missing_ok=True)
-        try:
-            if exporter == "dynamo":
-                axes = {name: {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC} for name in names}
-                torch.onnx.export(
-                    wrapped, args, str(destination), input_names=names, output_names=["logits"], opset_version=OPSET,
-                    dynamo=True, dynamic_shapes=axes, external_data=False, verbose=False, optimize=True,
-                )  # fmt: skip
-            else:
-                axes = {name: {0: "batch", 1: "sequence"} for name in names}
-                torch.onnx.export(
-                    wrapped, args, str(destination), input_names=names, output_names=["logits"], opset_version=17,
-                    dynamo=False, dynamic_axes={**axes, "logits": {0: "batch"}},
-                )  # fmt: skip
-        except Exception as exc:  # the exporters raise many types; the next one gets its turn
-            problems.append(f"{exporter}: {_first_line(exc)}")
-            continue
-        if _has_dynamic_axes(destination):
-            return exporter
-        problems.append(f"{exporter}: the graph has fixed batch or sequence sizes")
-    family = getattr(model.backbone.config, "model_type", "this encoder")
-    raise TexttuneError(f"{family}: ONNX export failed ({'; '.join(problems)}); predict with engine torch")
+    destination.unlink(missing_ok=True)
+    try:
+        if exporter == "dynamo":
+            axes = {name: {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC} for name in names}
+            torch.onnx.export(
+                wrapped, args, str(destination), input_names=names, output_names=["logits"], opset_version=OPSET,
+                dynamo=True, dynamic_shapes=axes, external_data=False, verbose=False, optimize=True,
+            )  # fmt: skip
+        else:
+            axes = {name: {0: "batch", 1: "sequence"} for name in names}
+            torch.onnx.export(
+                wrapped, args, str(destination), input_names=names, output_names=["logits"], opset_version=17,
+                dynamo=False, dynamic_axes={**axes, "logits": {0: "batch"}},
+            )  # fmt: skip
+    except Exception as exc:  # the exporters raise many types
+        raise TexttuneError(_first_line(exc)) from None
+    if not _has_dynamic_axes(destination):
+        raise TexttuneError("the graph has fixed batch or sequence sizes")
 
 
 def quantize_int8(source: Path, destination: Path) -> None:
     """onnxruntime's dynamic int8 quantization of the encoder's weights, per output channel; the head (the MatMul
-    or Gemm nearest the output, and what follows it) stays fp32, since its outputs are the predictions."""
+    or Gemm nearest the output, and what follows it) stays fp32, since its outputs are the predictions. The
+    quantizer first rewrites each Gemm as a MatMul named `<gemm>_MatMul`, so both names are excluded."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -176,8 +166,9 @@ def quantize_int8(source: Path, destination: Path) -> None:
     root.setLevel(logging.WARNING)  # the quantizer logs every node it skips at INFO on the root logger
     try:
         quantize_dynamic(
-            str(source), str(destination), per_channel=True, reduce_range=not has_vnni(),
-            weight_type=QuantType.QInt8, nodes_to_exclude=head, extra_options={"MatMulConstBOnly": True},
+            str(source), str(destination), per_channel=True, reduce_range=not cpu_has_vnni(),
+            weight_type=QuantType.QInt8, nodes_to_exclude=head + [f"{name}_MatMul" for name in head],
+            extra_options={"MatMulConstBOnly": True},
         )  # fmt: skip
     finally:
         root.setLevel(level)
@@ -186,8 +177,9 @@ def quantize_int8(source: Path, destination: Path) -> None:
 def validation_rows(bundle: Bundle, data: str | Path | None = None) -> tuple[list[str], np.ndarray]:
     """The texts of the bundle's validation rows and their truth (class indices, or scores (N, T)).
 
-    They are read back from `data`, else the table its recipe validated on, at the rows valid_predictions.csv
-    names; an id column must agree row for row, so a table that changed since training is refused.
+    They are read back from `data`, else the table its recipe validated on (data.valid, else data.train), at the
+    rows valid_predictions.csv names. The targets there (and ids, where the bundle has an id column) must equal
+    the ones valid_predictions.csv recorded, so a table that changed since training is refused, never misread.
 
     Raises:
         TexttuneError: no validation predictions or recipe, the table is missing, or it no longer holds the rows.
@@ -201,28 +193,40 @@ def validation_rows(bundle: Bundle, data: str | Path | None = None) -> tuple[lis
     if not source.is_file():
         raise TexttuneError(
             f"{source}: not found; the export's fidelity gate reads the bundle's validation rows from the table it "
-            "was trained on: run from the folder training ran in, or pass --data TABLE"
+            "validated on: run from the folder training ran in, or pass --data TABLE"
         )
     valid = read_table(path / VALID_PREDICTIONS)
     frame = read_table(source, recipe.data.sep)
-    rows = valid["row"].astype(int).to_numpy()
-    if len(rows) == 0 or rows.max() >= len(frame):
-        raise TexttuneError(f"{source}: has {len(frame)} rows, fewer than the bundle's validation rows name")
+    rows = pd.to_numeric(valid.get("row", pd.Series(dtype=object)), errors="coerce").to_numpy()
+    if len(rows) == 0 or np.isnan(rows).any() or (rows % 1).any() or rows.min() < 0 or rows.max() >= len(frame):
+        raise TexttuneError(
+            f"{path / VALID_PREDICTIONS}: its 'row' column does not name rows 1 to {len(frame)} of {source}; "
+            "pass --data with the table the bundle validated on"
+        )
+    rows = rows.astype(int)
     picked = frame.iloc[rows].reset_index(drop=True)
-    id_column = bundle.info.id_column
-    if id_column and id_column in picked and id_column in valid:
-        wrong = np.flatnonzero(picked[id_column].astype(str).to_numpy() != valid[id_column].astype(str).to_numpy())
-        if len(wrong):
+    checked = [c for c in (bundle.info.id_column, *task.target_columns) if c and c in picked and c in valid]
+    if len(checked) < len(task.target_columns):
+        raise TexttuneError(f"{source}: lacks the target columns {list(task.target_columns)}; pass --data")
+    for column in checked:
+        if task.is_regression and column in task.target_columns:
+            same = np.isclose(pd.to_numeric(picked[column], errors="coerce"), valid[column].astype(float))
+        else:
+            same = picked[column].astype(str).to_numpy() == valid[column].astype(str).to_numpy()
+        if not same.all():
+            wrong = int(np.flatnonzero(~same)[0])
             raise TexttuneError(
-                f"{source}: row {rows[wrong[0]] + 1} has id {picked[id_column][wrong[0]]!r}, not the "
-                f"{valid[id_column][wrong[0]]!r} the bundle validated on; pass --data with the training table"
+                f"{source}: row {rows[wrong] + 1} has {column} {picked[column][wrong]!r}, not the "
+                f"{valid[column][wrong]!r} the bundle validated on; pass --data with the table it validated on"
             )
     texts = bundle.pipeline.join(read_texts(picked, bundle.pipeline.text_columns))
     if task.is_regression:
-        truth = valid[list(task.target_columns)].astype(float).to_numpy()
-    else:
-        truth = valid[task.target_columns[0]].map({label: i for i, label in enumerate(task.labels)}).to_numpy()
-    return texts, truth
+        return texts, valid[list(task.target_columns)].astype(float).to_numpy()
+    index = {label: i for i, label in enumerate(task.labels)}
+    unknown = [label for label in valid[task.target_columns[0]] if label not in index]
+    if unknown:
+        raise TexttuneError(f"{path / VALID_PREDICTIONS}: label {unknown[0]!r} is not one of the bundle's classes")
+    return texts, np.array([index[label] for label in valid[task.target_columns[0]]])
 
 
 def _first_line(exc: BaseException) -> str:
@@ -230,13 +234,20 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def gate(engine: str, reference: np.ndarray, exported: np.ndarray, truth: np.ndarray, predictor: Predictor):
+def gate(
+    engine: str,
+    reference: np.ndarray,
+    exported: np.ndarray,
+    truth: np.ndarray,
+    postprocess: PostProcessing,
+    task: TaskSpec,
+) -> tuple[dict[str, float], bool]:
     """The gate's figures for head outputs (N, C) of PyTorch and of an export, and whether they pass."""
     figures = {"rows": float(len(truth)), "max_abs_difference": float(np.abs(reference - exported).max())}
     if engine == "onnx-fp32":
         return figures, figures["max_abs_difference"] <= MAX_FP32_DIFFERENCE
-    ours, theirs = (predictor.info.postprocess.apply(outputs) for outputs in (reference, exported))
-    if predictor.task.is_regression:
+    ours, theirs = (postprocess.apply(outputs) for outputs in (reference, exported))
+    if task.is_regression:
         rmse_torch, rmse_int8 = (float(np.sqrt(((p - truth) ** 2).mean(axis=0)).mean()) for p in (ours, theirs))
         change = (rmse_int8 - rmse_torch) / max(rmse_torch, 1e-12)
         figures |= {"rmse_torch": rmse_torch, "rmse_int8": rmse_int8, "rmse_relative_change": change}
@@ -248,6 +259,38 @@ def gate(engine: str, reference: np.ndarray, exported: np.ndarray, truth: np.nda
     return figures, passed
 
 
+def _gated(
+    engine: str, file: Path, exporter: str, bundle: Bundle, features: list, reference: np.ndarray, truth: np.ndarray
+) -> Export:
+    """Run an exported file on the validation rows and gate it against PyTorch's outputs."""
+    runner = OnnxRunner(file, threads=torch.get_num_threads())
+    outputs = Predictor([runner], bundle.pipeline, bundle.info).outputs_of(features)
+    figures, passed = gate(engine, reference, outputs, truth, bundle.info.postprocess, bundle.info.task)
+    return Export(engine, file.name, exporter, passed, figures, cpu_description(),
+                  reduce_range=not cpu_has_vnni() if engine == "onnx-int8" else None)  # fmt: skip
+
+
+def _export_fp32(bundle: Bundle, features: list, reference: np.ndarray, truth: np.ndarray, file: Path) -> Export:
+    """The fp32 export of the first exporter whose graph runs and passes the gate (else the last that ran)."""
+    problems, ran = [], None
+    for exporter in EXPORTERS:
+        try:
+            export_onnx(bundle.model, dict(bundle.pipeline.collate(features[:2])), file, exporter)
+            export = _gated("onnx-fp32", file, exporter, bundle, features, reference, truth)
+        except TexttuneError as exc:  # this exporter cannot (or its graph does not run): the next one may
+            problems.append(f"{exporter}: {exc}")
+            continue
+        if export.passed:
+            return export
+        problems.append(f"{exporter}: {export.describe()}")
+        ran = (export, file.read_bytes())
+    if ran is None:
+        family = bundle.info.backbone_config.get("model_type", "this encoder")
+        raise TexttuneError(f"{family}: ONNX export failed ({'; '.join(problems)}); predict with engine torch")
+    file.write_bytes(ran[1])
+    return ran[0]
+
+
 def export_member(path: Path, quantize: bool, force: bool, data: str | Path | None) -> list[Export]:
     """Export one bundle (see `export_bundle`)."""
     if (path / CHECKPOINTS).exists():
@@ -255,30 +298,23 @@ def export_member(path: Path, quantize: bool, force: bool, data: str | Path | No
     bundle = load_bundle(path)
     texts, truth = validation_rows(bundle, data)
     features = bundle.pipeline.encode(texts)
-    predictor = Predictor([TorchRunner(bundle.model, bf16=False)], bundle.pipeline, bundle.info)
-    reference = predictor.outputs_of(features)
-    cpu = cpu_description()
-    exports, kept = [], {}
+    reference = Predictor([TorchRunner(bundle.model, bf16=False)], bundle.pipeline, bundle.info).outputs_of(features)
     with tempfile.TemporaryDirectory(prefix=".texttune-export-", dir=path.parent) as scratch:
-        fp32 = Path(scratch) / FILES["onnx-fp32"]
-        exporter = export_onnx(bundle.model, dict(bundle.pipeline.collate(features[:2])), fp32)
-        engines = {"onnx-fp32": fp32}
+        files = {engine: Path(scratch) / name for engine, name in FILES.items()}
+        exports = [_export_fp32(bundle, features, reference, truth, files["onnx-fp32"])]
         if quantize:
-            engines["onnx-int8"] = Path(scratch) / FILES["onnx-int8"]
-            quantize_int8(fp32, engines["onnx-int8"])
-        for engine, file in engines.items():
-            runner = OnnxRunner(file, threads=torch.get_num_threads())
-            outputs = Predictor([runner], bundle.pipeline, bundle.info).outputs_of(features)
-            figures, passed = gate(engine, reference, outputs, truth, predictor)
-            export = Export(engine, file.name, exporter, passed, figures, cpu, forced=force and not passed)
-            logger.debug("%s: %s", path, export.describe())
-            exports.append(export)
-            if passed or force:
-                kept[engine] = (file, export.to_dict())
-        if kept:
-            add_exports(path, {record["file"]: file for file, record in kept.values()},
-                        {engine: record for engine, (_, record) in kept.items()})  # fmt: skip
-    refused = [export for export in exports if not export.passed and not force]
+            quantize_int8(files["onnx-fp32"], files["onnx-int8"])
+            exports.append(_gated("onnx-int8", files["onnx-int8"], exports[0].exporter, bundle, features, reference,
+                                  truth))  # fmt: skip
+        exports = [dataclasses.replace(e, forced=force and not e.passed) for e in exports]
+        kept = {e.engine: e for e in exports if e.passed or force}
+        add_exports(
+            path,
+            {e.file: files[e.engine] for e in kept.values()},
+            {e.engine: e.to_dict() for e in kept.values()},
+            dropped=[e.engine for e in exports if e.engine not in kept],  # an older export of it goes too
+        )
+    refused = [e for e in exports if e.engine not in kept]
     if refused:
         written = f"; {', '.join(kept)} written" if kept else "; nothing written"
         raise TexttuneError(

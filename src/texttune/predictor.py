@@ -110,8 +110,7 @@ class Predictor:
             info = members[0].info
         bf16 = runs_in_bf16(info.precision, precision)
         # bf16 PyTorch beats ONNX Runtime's int8 where the CPU has bf16 (bench/predict_throughput.py)
-        engines = {"torch" if engine == "auto" and bf16 else choose_engine(m.exports, engine) for m in members}
-        chosen = engines.pop() if len(engines) == 1 else "torch"  # members exported alike, or all in PyTorch
+        chosen = "torch" if engine == "auto" and bf16 else choose_engine([m.exports for m in members], engine)
         runners: list[Runner] = []
         for member in members:
             if chosen == "torch":

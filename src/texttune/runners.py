@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from texttune._hardware import use_bf16
+from texttune._hardware import cpu_has_vnni, use_bf16
 from texttune.errors import TexttuneError
 from texttune.models.heads import TextModel
 
@@ -86,14 +87,21 @@ class OnnxRunner:
 ENGINES = ("auto", "torch", "onnx", "onnx-fp32", "onnx-int8")
 
 
-def choose_engine(exports: dict[str, Any], engine: str) -> str:
-    """The engine a bundle predicts with: `torch`, `onnx-fp32` or `onnx-int8` (names of `Bundle.exports`).
+def _fits_this_cpu(engine: str, record: dict[str, Any]) -> bool:
+    """An int8 export made with 8-bit weights (on a CPU with VNNI) can saturate on a CPU without it."""
+    return engine != "onnx-int8" or record.get("reduce_range", True) or cpu_has_vnni()
 
-    auto takes int8, else fp32 ONNX, among the exports that passed their fidelity gate, else torch; onnx takes the
-    same order but also an export kept with `--force` (with a warning), and refuses a bundle with none.
+
+def choose_engine(exports: Sequence[dict[str, Any]], engine: str) -> str:
+    """The engine a model predicts with, given each member's `Bundle.exports`: `torch`, `onnx-fp32` or
+    `onnx-int8`, the same for every member (they share each batch).
+
+    auto takes int8, else fp32, where every member's export passed its fidelity gate (and an int8 one fits this
+    CPU), else torch. onnx takes the same order; it, onnx-fp32 and onnx-int8 fall back to exports kept with
+    `--force` (with a warning) and refuse a model that lacks one.
 
     Raises:
-        TexttuneError: an unknown engine, or an ONNX engine the bundle has no export for.
+        TexttuneError: an unknown engine, or an ONNX engine some member has no export for.
     """
     if engine not in ENGINES:
         raise TexttuneError(f"engine '{engine}' is unknown; choose one of {', '.join(ENGINES)}")
@@ -101,14 +109,21 @@ def choose_engine(exports: dict[str, Any], engine: str) -> str:
         return engine
     candidates = ["onnx-int8", "onnx-fp32"] if engine in ("auto", "onnx") else [engine]
     for name in candidates:
-        export = exports.get(name)
-        if not isinstance(export, dict):
-            continue
-        if export.get("passed") is True:
-            return name
-        if engine != "auto":
-            logger.warning("%s failed its fidelity gate and was kept with --force: %s", name, export.get("figures"))
+        records = [member.get(name) for member in exports]
+        if all(record and record.get("passed") is True and _fits_this_cpu(name, record) for record in records):
             return name
     if engine == "auto":
         return "torch"
-    raise TexttuneError(f"the bundle has no {engine} export; run `texttune export BUNDLE --format onnx` first")
+    for name in candidates:
+        records = [member.get(name) for member in exports]
+        if all(records):
+            problems = [r.get("figures") for r in records if not r.get("passed")]
+            if problems:
+                logger.warning("%s failed its fidelity gate and was kept with --force: %s", name, problems)
+            if not all(_fits_this_cpu(name, record) for record in records):
+                logger.warning("%s was made with 8-bit weights for CPUs with VNNI; this one lacks it", name)
+            return name
+    raise TexttuneError(
+        f"engine {engine}: {'a member lacks' if len(exports) > 1 else 'the bundle has'} no such export; "
+        "run `texttune export MODEL --format onnx` (with --quantize int8 for int8) first"
+    )

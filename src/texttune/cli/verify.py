@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -16,24 +15,32 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from texttune.bundle import BUNDLE_FILE, ENSEMBLE_FILE, load_bundle, load_ensemble, verify_bundle
+    from texttune.bundle import BUNDLE_FILE, ENSEMBLE_FILE, ensemble_members, load_ensemble
     from texttune.errors import TexttuneError
-    from texttune.runners import OnnxRunner
 
     path = Path(args.bundle)
     if (path / ENSEMBLE_FILE).is_file():
-        members, _, _ = load_ensemble(path)  # checks the manifest and verifies and loads every member
-        for member in json.loads((path / ENSEMBLE_FILE).read_text())["members"]:
-            print("\n".join(verify_bundle(path / member)))
+        load_ensemble(path, model=False)  # the manifest, and the members agree
+        members = ensemble_members(path)
+        for member in members:
+            _verify(path / member)
         print(f"{path}: an ensemble of {len(members)} members, each checked above")
         return 0
     if not (path / BUNDLE_FILE).is_file():
         raise TexttuneError(f"{path}: not a texttune bundle (no {BUNDLE_FILE}) and not a cv run")
+    _verify(path)
+    return 0
+
+
+def _verify(path: Path) -> None:
+    """Every file against its hash, the weights against the description, and each export through ONNX Runtime."""
+    from texttune.bundle import load_bundle, verify_bundle
+    from texttune.runners import OnnxRunner
+
     print("\n".join(verify_bundle(path)))
-    bundle = load_bundle(path)  # and the description matches the weights
-    for engine, record in bundle.exports.items():  # and ONNX Runtime accepts every export
+    bundle = load_bundle(path)
+    for engine, record in bundle.exports.items():
         OnnxRunner(path / record["file"])
         verdict = "passed" if record.get("passed") else "FAILED"
         print(f"{path / record['file']}: {engine} loads; its fidelity gate {verdict}")
     print(f"{path}: verified")
-    return 0

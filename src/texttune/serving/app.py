@@ -17,21 +17,25 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, StrictStr, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from texttune.errors import TexttuneError
 from texttune.predictor import Predictor
 from texttune.serving.batcher import MicroBatcher, Overloaded
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,17 @@ class ServeSettings:
     deadline_seconds: float = 10.0
     api_key: str | None = None
 
+    def __post_init__(self) -> None:
+        if min(self.max_body_bytes, self.max_texts, self.max_chars, self.max_queued_texts) < 1:
+            raise TexttuneError("the server's limits must be positive integers")
+        if self.max_texts > self.max_queued_texts:
+            raise TexttuneError(
+                f"a request may hold {self.max_texts} texts but the queue only {self.max_queued_texts}; "
+                "raise the queue (--queue) or lower --max-texts"
+            )
+        if not self.deadline_seconds > 0:
+            raise TexttuneError(f"the deadline must be a positive number of seconds, got {self.deadline_seconds}")
+
     def public(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k != "api_key"} | {"auth": self.api_key is not None}
 
@@ -65,7 +80,7 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     texts: list[StrictStr] | None = None
-    rows: list[dict[str, StrictStr]] | None = None
+    rows: list[dict[str, Any]] | None = None  # the text columns are checked to be strings; others are ignored
 
     @model_validator(mode="after")
     def _one_of(self) -> PredictRequest:
@@ -102,12 +117,22 @@ class _Metrics:
 _KNOWN_PATHS = {"/predict", "/health", "/info", "/metrics", "/", "/docs", "/openapi.json"}
 
 
-class _Edge:
-    """ASGI middleware around the app: refuses a body over `limit` bytes (by its Content-Length, or as it streams
-    in) and counts responses by path and status. Plain ASGI, so a client's disconnect still reaches the route."""
+_OPEN_PATHS = {"/health", "/", "/docs", "/openapi.json"}  # the page asks for the key; the docs show only the schema
 
-    def __init__(self, app: Any, limit: int, metrics: _Metrics) -> None:
-        self.app, self.limit, self.metrics = app, limit, metrics
+
+class _Edge:
+    """ASGI middleware around the app: the API key first (before any body is read), then a body over `limit`
+    bytes refused (by its Content-Length, or as it streams in); responses counted by path and status. Plain ASGI,
+    so a client's disconnect still reaches the route."""
+
+    def __init__(self, app: Any, limit: int, metrics: _Metrics, api_key: str | None) -> None:
+        self.app, self.limit, self.metrics, self.api_key = app, limit, metrics, api_key
+
+    def _authorized(self, scope: dict) -> bool:
+        if self.api_key is None or scope["path"] in _OPEN_PATHS:
+            return True
+        scheme, _, token = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token, self.api_key.encode())
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -120,6 +145,11 @@ class _Edge:
                 self.metrics.requests.labels(path, str(event["status"])).inc()
             await send(event)
 
+        if not self._authorized(scope):
+            refusal = JSONResponse(
+                {"error": "send the API key as 'Authorization: Bearer <key>'"}, 401, {"WWW-Authenticate": "Bearer"}
+            )
+            return await refusal(scope, receive, counted_send)
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
             return await JSONResponse({"error": message}, 413)(scope, receive, counted_send)
@@ -186,37 +216,36 @@ def create_app(predictor: Predictor | Callable[[], Predictor], settings: ServeSe
             problems.append(f"{where}: {error['msg']}")
         return JSONResponse({"error": "; ".join(problems)}, 422)
 
-    async def authorized(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), settings.api_key.encode()):
-            raise _Refusal(401, "send the API key as 'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})
-
     def texts_of(body: PredictRequest, model: Predictor) -> list[str]:
         count = len(body.texts if body.texts is not None else body.rows)
         if count > settings.max_texts:
             raise _Refusal(413, f"{count} texts in one request; send at most {settings.max_texts} per request")
         if body.texts is not None:
             texts, field = body.texts, "texts"
+            for index, text in enumerate(texts):
+                if not text.strip():
+                    raise _Refusal(422, f"texts.{index}: an empty text; send text to predict")
         else:
             columns = model.pipeline.text_columns
             for index, row in enumerate(body.rows):
-                missing = [column for column in columns if column not in row]
-                if missing:
-                    raise _Refusal(422, f"rows.{index}: no '{missing[0]}'; each row needs the columns {list(columns)}")
+                for column in columns:
+                    value = row.get(column)
+                    if not isinstance(value, str):
+                        wrong = "no" if value is None else f"a {type(value).__name__} as"
+                        raise _Refusal(422, f"rows.{index}: {wrong} '{column}'; each row needs the text columns "
+                                            f"{list(columns)} as strings")  # fmt: skip
+                    if not value.strip():
+                        raise _Refusal(422, f"rows.{index}.{column}: an empty text; send text to predict")
             texts = model.pipeline.join({column: [row[column] for row in body.rows] for column in columns})
             field = "rows"
         for index, text in enumerate(texts):
-            if not text.strip():
-                raise _Refusal(422, f"{field}.{index}: an empty text; send text to predict")
             if len(text) > settings.max_chars and not settings.truncate:
                 raise _Refusal(
                     413, f"{field}.{index}: {len(text)} characters, over the limit of {settings.max_chars}; shorten it"
                 )
         return [text[: settings.max_chars] for text in texts]
 
-    @app.post("/predict", dependencies=[Depends(authorized)])
+    @app.post("/predict")
     async def predict(body: PredictRequest, request: Request) -> dict[str, Any]:
         """Predictions in input order: label, index and probabilities per class, or scores per target."""
         started = time.perf_counter()
@@ -242,22 +271,27 @@ def create_app(predictor: Predictor | Callable[[], Predictor], settings: ServeSe
             if gone in done:
                 return Response(status_code=499)  # nobody is listening; the status is for the logs and metrics
             raise _Refusal(503, f"no answer within {settings.deadline_seconds:g} s; the server is busy, retry later")
+        if future.cancelled():  # the server is stopping
+            raise _Refusal(503, "the server is shutting down; retry in a moment", {"Retry-After": "1"})
+        if future.exception() is not None:  # the model failed on this run: said in one line, logged in full
+            logger.error("the model failed on a batch", exc_info=future.exception())
+            raise _Refusal(500, f"the model failed on this request ({_first_line(future.exception())})")
         records = model.records(future.result())
         metrics.latency.observe(time.perf_counter() - started)
         return {"predictions": records}
 
     @app.get("/health")
     async def health() -> dict[str, str]:
-        if "predictor" not in state:
-            raise _Refusal(503, "loading the model")
+        if "batcher" not in state or not state["batcher"].alive:
+            raise _Refusal(503, "the model is loading, or its worker has stopped")
         return {"status": "ok"}
 
-    @app.get("/info", dependencies=[Depends(authorized)])
+    @app.get("/info")
     async def info() -> dict[str, Any]:
         """The model card."""
         return {**state["predictor"].card(), "limits": settings.public()}
 
-    @app.get("/metrics", dependencies=[Depends(authorized)])
+    @app.get("/metrics")
     async def prometheus() -> Response:
         if "batcher" in state:
             metrics.queue.set(state["batcher"].queued_texts)
@@ -268,8 +302,13 @@ def create_app(predictor: Predictor | Callable[[], Predictor], settings: ServeSe
         page = resources.files("texttune.serving").joinpath("playground.html").read_text()
         return HTMLResponse(page.replace("__AUTH__", json.dumps(settings.api_key is not None)))
 
-    app.add_middleware(_Edge, limit=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(_Edge, limit=settings.max_body_bytes, metrics=metrics, api_key=settings.api_key)
     return app
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 async def _disconnected(request: Request) -> None:

@@ -2,9 +2,9 @@
 
 While one batch runs, the requests that arrive queue up; the next batch takes them from the front, as many as fit
 in the token budget, so batches grow with load and a lone request never waits for company. The queue is bounded in
-texts: past it `submit` raises `Overloaded` with a retry estimate (the server answers 429 with Retry-After), as
-text-embeddings-inference's router does. A request whose caller gave up (deadline, client gone) is cancelled and
-skipped.
+texts (waiting or running): past it `submit` raises `Overloaded` with a retry estimate (the server answers 429 with
+Retry-After), as text-embeddings-inference's router does. A request whose caller gave up (deadline, client gone) is
+cancelled: its texts leave the count at once and it is skipped when its turn comes.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class MicroBatcher:
     Args:
         run: the model on a list of tokenized texts (`Predictor.outputs_of`), in their order.
         max_tokens: tokens merged into one run (a request larger than this runs alone).
-        max_queued_texts: texts waiting at most; more are refused with `Overloaded`.
+        max_queued_texts: texts waiting or running at most; more are refused with `Overloaded`.
         observe_batch: called with the number of texts of each run (for metrics).
     """
 
@@ -70,6 +70,10 @@ class MicroBatcher:
     def queued_texts(self) -> int:
         return self._queued_texts
 
+    @property
+    def alive(self) -> bool:
+        return self._worker is not None and not self._worker.done()
+
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._serve())
 
@@ -94,8 +98,12 @@ class MicroBatcher:
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(features, sum(len(f["input_ids"]) for f in features), future))
         self._queued_texts += len(features)
+        future.add_done_callback(lambda _: self._release(len(features)))  # answered, failed or given up
         self._wake.set()
         return future
+
+    def _release(self, texts: int) -> None:
+        self._queued_texts -= texts
 
     def _take(self) -> list[_Pending]:
         """From the front of the queue, the live requests that fit in the token budget (at least one)."""
@@ -104,41 +112,44 @@ class MicroBatcher:
             pending = self._queue[0]
             if pending.future.done():  # cancelled: its caller is gone
                 self._queue.popleft()
-                self._queued_texts -= len(pending.features)
                 continue
             if taken and tokens + pending.tokens > self.max_tokens:
                 break
             self._queue.popleft()
-            self._queued_texts -= len(pending.features)
             taken.append(pending)
             tokens += pending.tokens
         return taken
 
     async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             taken = self._take()
             if not self._queue:
                 self._wake.clear()
-            if not taken:
-                continue
-            features = [feature for pending in taken for feature in pending.features]
-            started = time.perf_counter()
-            try:
-                outputs = await loop.run_in_executor(self._executor, self.run, features)
-            except Exception as exc:  # the model failed: every request of the batch gets the error
-                for pending in taken:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
-                continue
-            self._seconds_per_text = 0.8 * self._seconds_per_text + 0.2 * (time.perf_counter() - started) / len(
-                features
-            )
-            self.observe_batch(len(features))
-            start = 0
+            if taken:
+                try:
+                    await self._run(taken)
+                finally:  # stopped (or a bug) mid-run: nobody is left waiting on a future that never resolves
+                    for pending in taken:
+                        if not pending.future.done():
+                            pending.future.cancel()
+
+    async def _run(self, taken: list[_Pending]) -> None:
+        features = [feature for pending in taken for feature in pending.features]
+        started = time.perf_counter()
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self.run, features)
+        except Exception as exc:  # the model failed: every request of the run gets the error
             for pending in taken:
-                end = start + len(pending.features)
                 if not pending.future.done():
-                    pending.future.set_result(outputs[start:end])
-                start = end
+                    pending.future.set_exception(exc)
+            return
+        seconds_per_text = (time.perf_counter() - started) / len(features)
+        self._seconds_per_text = 0.8 * self._seconds_per_text + 0.2 * seconds_per_text
+        self.observe_batch(len(features))
+        start = 0
+        for pending in taken:
+            end = start + len(pending.features)
+            if not pending.future.done():
+                pending.future.set_result(outputs[start:end])
+            start = end

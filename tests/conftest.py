@@ -62,6 +62,28 @@ def write_recipe(tmp_path: Path, tiny_backbone: Path):
     return write
 
 
+def train_tiny_bundle(root: Path, backbone: Path, rows: int = 60, epochs: int = 2) -> Path:
+    """Train the tiny model on a synthetic classification table under `root` (fp32, with an id column, so an
+    ONNX export is picked by engine auto on every machine); returns the bundle."""
+    from texttune import load_recipe, train
+
+    synthetic_table(rows).to_csv(root / "train.csv", index=False)
+    recipe = {
+        "data": {
+            "train": str(root / "train.csv"),
+            "text_columns": "text",
+            "target_columns": "label",
+            "id_column": "id",
+        },
+        "model": {"backbone": str(backbone), "max_length": 32},
+        "training": {"epochs": epochs, "batch_size": 8, "learning_rate": 3e-3, "precision": "fp32"},
+        "tracking": {"backend": "none"},
+        "output": {"dir": str(root / "bundle")},
+    }
+    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    return train(load_recipe(root / "recipe.yaml")).bundle
+
+
 def recompute_valid_metrics(recipe, bundle: Path) -> tuple[dict[str, float], np.ndarray, Examples]:
     """The bundle's metrics on the recipe's validation rows, computed by a Predictor (not by the Trainer's
     evaluation): metrics, head outputs and the validation examples."""

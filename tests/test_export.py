@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from texttune import export as export_module
-from texttune import load_recipe, runners, train
+from texttune import load_recipe, runners
 from texttune.bundle import load_bundle, verify_bundle
 from texttune.cli.main import main
 from texttune.cv import run_cv
@@ -23,21 +23,14 @@ from texttune.predictor import Predictor
 from texttune.runners import choose_engine
 from texttune.testing import synthetic_table
 
+from .conftest import train_tiny_bundle
+
 TEXTS = synthetic_table(10, seed=5)["text"].tolist()
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path) -> Path:
-    root = tmp_path_factory.mktemp("export")
-    synthetic_table(60).to_csv(root / "train.csv", index=False)
-    recipe = root / "recipe.yaml"
-    recipe.write_text(
-        f"data: {{train: {root / 'train.csv'}, text_columns: text, target_columns: label, id_column: id}}\n"
-        f"model: {{backbone: {tiny_backbone}, max_length: 32}}\n"
-        f"training: {{epochs: 2, batch_size: 8, learning_rate: 3.0e-3, precision: fp32}}\n"
-        f"tracking: {{backend: none}}\noutput: {{dir: {root / 'bundle'}}}\n"
-    )
-    return train(load_recipe(recipe)).bundle
+    return train_tiny_bundle(tmp_path_factory.mktemp("export"), tiny_backbone)
 
 
 @pytest.fixture

@@ -15,6 +15,8 @@ from texttune import load_recipe, train
 from texttune.bundle import file_hashes
 from texttune.cli.main import main
 
+from .conftest import train_tiny_bundle
+
 MARKER = Path("/tmp/texttune-hostile-bundle-ran-code")
 
 
@@ -209,18 +211,7 @@ HOSTILE = {
 
 @pytest.fixture(scope="module")
 def clean_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path) -> Path:
-    from texttune.testing import synthetic_table
-
-    root = tmp_path_factory.mktemp("clean")
-    synthetic_table(40).to_csv(root / "train.csv", index=False)
-    recipe = root / "recipe.yaml"
-    recipe.write_text(
-        f"data: {{train: {root / 'train.csv'}, text_columns: text, target_columns: label}}\n"
-        f"model: {{backbone: {tiny_backbone}, max_length: 32}}\n"
-        f"training: {{epochs: 1, batch_size: 8, precision: fp32}}\ntracking: {{backend: none}}\n"
-        f"output: {{dir: {root / 'bundle'}}}\n"  # fp32: engine auto picks an ONNX export on every machine
-    )
-    return train(load_recipe(recipe)).bundle
+    return train_tiny_bundle(tmp_path_factory.mktemp("clean"), tiny_backbone, rows=40, epochs=1)
 
 
 def test_the_clean_bundle_verifies(clean_bundle: Path, capsys) -> None:

@@ -26,13 +26,15 @@ import pytest
 import uvicorn
 from matplotlib import image
 
-from texttune import load_recipe, train
+from texttune import load_recipe
 from texttune.cv import run_cv
 from texttune.errors import TexttuneError
 from texttune.export import export_bundle
 from texttune.predictor import Predictor
 from texttune.serving import ServeSettings, create_app
 from texttune.testing import synthetic_table
+
+from .conftest import train_tiny_bundle
 
 TEXTS = synthetic_table(12, seed=3)["text"].tolist()
 
@@ -81,20 +83,7 @@ def slowed(predictor: Predictor, seconds: float) -> tuple[Predictor, SlowRunner]
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path) -> Path:
-    root = tmp_path_factory.mktemp("served")
-    table = root / "train.csv"
-    synthetic_table(60).to_csv(table, index=False)
-    recipe = root / "recipe.yaml"
-    recipe.write_text(
-        json.dumps({
-            "data": {"train": str(table), "text_columns": "text", "target_columns": "label", "id_column": "id"},
-            "model": {"backbone": str(tiny_backbone), "max_length": 32},
-            "training": {"epochs": 2, "batch_size": 8, "learning_rate": 3e-3, "precision": "fp32"},
-            "tracking": {"backend": "none"},
-            "output": {"dir": str(root / "bundle")},
-        })
-    )  # fmt: skip
-    return train(load_recipe(str(recipe))).bundle
+    return train_tiny_bundle(tmp_path_factory.mktemp("served"), tiny_backbone)
 
 
 @pytest.fixture(scope="module")

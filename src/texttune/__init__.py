@@ -6,8 +6,7 @@ importing torch and transformers.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from texttune._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -21,8 +20,4 @@ _EXPORTS = {
 }
 __all__ = ["Predictor", "Recipe", "TexttuneError", "TrainResult", "__version__", "load_recipe", "train"]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'texttune' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_attributes(__name__, _EXPORTS)

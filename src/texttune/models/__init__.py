@@ -5,8 +5,7 @@ The names load on first use (PEP 562): a bundle loaded for prediction imports th
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from texttune._lazy import lazy_attributes
 
 _EXPORTS = {
     "BACKBONE_ALIASES": "texttune.models.registry",
@@ -20,8 +19,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'texttune.models' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_attributes(__name__, _EXPORTS)

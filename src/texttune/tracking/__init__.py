@@ -7,8 +7,7 @@ The names load on first use (PEP 562), so `texttune runs` lists a store without 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from texttune._lazy import lazy_attributes
 
 _EXPORTS = {
     "BACKENDS": "texttune.tracking.run",
@@ -22,8 +21,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'texttune.tracking' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_attributes(__name__, _EXPORTS)

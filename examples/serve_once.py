@@ -1,6 +1,6 @@
 """Start `texttune serve MODEL` on a free loopback port, send one request, print the answer, stop the server.
 
-    python examples/serve_once.py models:/demo@latest "A warm, funny and moving film."
+python examples/serve_once.py models:/demo@latest "A warm, funny and moving film."
 """
 
 from __future__ import annotations

@@ -13,10 +13,13 @@ it passed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import tempfile
+import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +91,21 @@ def cpu_description() -> dict[str, Any]:
     return {"model": model, "flags": list(flags), "onnxruntime": onnxruntime.__version__}
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporters and the quantizer log each pass and node at INFO and WARNING (on the root logger too) and
+    warn about tracing: none of it is the user's business; failures still raise."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
 class _Logits(nn.Module):
     """The model with a tensor out: exporters want tensors, not dicts."""
 
@@ -126,18 +144,19 @@ def export_onnx(model: TextModel, sample: dict[str, torch.Tensor], destination: 
     args = tuple(sample[name] for name in names)
     destination.unlink(missing_ok=True)
     try:
-        if exporter == "dynamo":
-            axes = {name: {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC} for name in names}
-            torch.onnx.export(
-                wrapped, args, str(destination), input_names=names, output_names=["logits"], opset_version=OPSET,
-                dynamo=True, dynamic_shapes=axes, external_data=False, verbose=False, optimize=True,
-            )  # fmt: skip
-        else:
-            axes = {name: {0: "batch", 1: "sequence"} for name in names}
-            torch.onnx.export(
-                wrapped, args, str(destination), input_names=names, output_names=["logits"], opset_version=17,
-                dynamo=False, dynamic_axes={**axes, "logits": {0: "batch"}},
-            )  # fmt: skip
+        with _quiet():
+            if exporter == "dynamo":
+                axes = {name: {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC} for name in names}
+                torch.onnx.export(
+                    wrapped, args, str(destination), input_names=names, output_names=["logits"], opset_version=OPSET,
+                    dynamo=True, dynamic_shapes=axes, external_data=False, verbose=False, optimize=True,
+                )  # fmt: skip
+            else:
+                axes = {name: {0: "batch", 1: "sequence"} for name in names}
+                torch.onnx.export(
+                    wrapped, args, str(destination), input_names=names, output_names=["logits"], opset_version=17,
+                    dynamo=False, dynamic_axes={**axes, "logits": {0: "batch"}},
+                )  # fmt: skip
     except Exception as exc:  # the exporters raise many types
         raise TexttuneError(_first_line(exc)) from None
     if not _has_dynamic_axes(destination):
@@ -161,17 +180,12 @@ def quantize_int8(source: Path, destination: Path) -> None:
         head.append(node.name)
         if node.op_type not in ("MatMul", "Gemm"):
             frontier.extend(node.input)
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.WARNING)  # the quantizer logs every node it skips at INFO on the root logger
-    try:
+    with _quiet():
         quantize_dynamic(
             str(source), str(destination), per_channel=True, reduce_range=not cpu_has_vnni(),
             weight_type=QuantType.QInt8, nodes_to_exclude=head + [f"{name}_MatMul" for name in head],
             extra_options={"MatMulConstBOnly": True},
         )  # fmt: skip
-    finally:
-        root.setLevel(level)
 
 
 def validation_rows(bundle: Bundle, data: str | Path | None = None) -> tuple[list[str], np.ndarray]:

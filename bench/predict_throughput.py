@@ -29,6 +29,7 @@ import torch
 from texttune.bundle import ENSEMBLE_FILE, ensemble_members, load_bundle
 from texttune.data import read_table
 from texttune.export import cpu_description, export_bundle, validation_rows
+from texttune.postprocess import softmax
 from texttune.predictor import Predictor
 
 SST5_DEV = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sst5_dev.tsv"
@@ -50,7 +51,9 @@ def naive_outputs(bundle_dir: Path, texts: list[str]) -> np.ndarray:
                 )  # fmt: skip
                 parts.append(model(batch["input_ids"], batch["attention_mask"])["logits"].numpy())
         outputs.append(np.concatenate(parts))
-    return np.mean(outputs, axis=0)
+    if len(outputs) == 1 or bundle.info.task.is_regression:
+        return np.mean(outputs, axis=0)
+    return np.log(np.mean(softmax(np.stack(outputs)), axis=0))  # folds average probabilities, as texttune's do
 
 
 def _members(path: Path) -> list[Path]:

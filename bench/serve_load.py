@@ -7,6 +7,7 @@ for --seconds: p50/p95/p99 latency of the answered requests, answered requests/s
 SST-5 dev phrases, in turn.
 
     python bench/serve_load.py texttune-runs/sst5 --seconds 60
+    python bench/serve_load.py texttune-runs/sst5 --seconds 20 --concurrency 128 --queue 32   # past capacity
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--engine", default="auto")
+    parser.add_argument("--queue", type=int, default=256, help="the server's --queue (texts waiting or running)")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     cpu = cpu_description()
@@ -92,7 +94,8 @@ def main() -> None:
     threads = max(1, cores - 1)
     port = free_port()
     command = [str(Path(sys.executable).with_name("texttune")), "-q", "serve", args.model, "--port", str(port),
-               "--engine", args.engine, "--threads", str(threads)]  # fmt: skip
+               "--engine", args.engine, "--threads", str(threads), "--queue", str(args.queue),
+               "--max-texts", str(min(64, args.queue))]  # fmt: skip
     if cores > 1:
         command = ["taskset", "-c", server_cpus, *command]
         os.sched_setaffinity(0, {int(client_cpus)})

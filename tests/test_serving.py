@@ -179,6 +179,8 @@ def test_an_api_key_is_required_when_set(predictor: Predictor) -> None:
     with serving(predictor, ServeSettings(api_key="s3cret")) as url:
         body = {"texts": ["a good film"]}
         assert httpx.post(f"{url}/predict", json=body).status_code == 401
+        assert httpx.post(f"{url}/predict", content=b"{not json").status_code == 401  # before the body is read
+        assert httpx.post(f"{url}//predict/", json=body).status_code == 401
         wrong = httpx.post(f"{url}/predict", json=body, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
         assert httpx.get(f"{url}/info").status_code == 401 and httpx.get(f"{url}/metrics").status_code == 401

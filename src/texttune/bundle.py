@@ -363,18 +363,26 @@ def _first_line(exc: BaseException) -> str:
 
 
 def add_exports(
-    path: str | Path, files: dict[str, Path], exports: dict[str, dict[str, Any]], dropped: Sequence[str] = ()
+    path: str | Path,
+    files: dict[str, Path],
+    exports: dict[str, dict[str, Any]],
+    dropped: Sequence[str] = (),
+    expected_description: str | None = None,
 ) -> None:
     """Add exported files (name -> where they are now) to a bundle with their `exports` records, and remove the
     records and files of the engines in `dropped` (an export that was tried again and not kept), atomically: a
     copy of the bundle (hard links where the disk allows) is changed, its manifest extended by the new files'
-    hashes and verified, then it replaces the bundle. The new files are moved in.
+    hashes and verified, then it replaces the bundle. The new files are moved in. `expected_description`: the
+    texttune.json the exports were made from; a bundle replaced since is refused.
 
     Raises:
         TexttuneError: the bundle cannot be written, or changed while the export ran (then it is left as it is).
     """
     path = Path(path)
-    description = json.loads((path / BUNDLE_FILE).read_text())
+    text = (path / BUNDLE_FILE).read_text()
+    if expected_description is not None and text != expected_description:
+        raise TexttuneError(f"{path}: the bundle was replaced while it was exported; export it again")
+    description = json.loads(text)
     records = dict(description.get("exports", {}))
     gone = {records.pop(engine)["file"] for engine in dropped if engine in records}
     gone = {name for name in gone if name.endswith(".onnx")}  # never the weights, whatever a record says

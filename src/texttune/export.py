@@ -199,12 +199,15 @@ def quantize_int8(source: Path, destination: Path) -> None:
         head.append(node.name)
         if node.op_type not in ("MatMul", "Gemm"):
             frontier.extend(node.input)
-    with _quiet():
-        quantize_dynamic(
-            str(source), str(destination), per_channel=True, reduce_range=not cpu_has_vnni(),
-            weight_type=QuantType.QInt8, nodes_to_exclude=head + [f"{name}_MatMul" for name in head],
-            extra_options={"MatMulConstBOnly": True},
-        )  # fmt: skip
+    try:
+        with _quiet():
+            quantize_dynamic(
+                str(source), str(destination), per_channel=True, reduce_range=not cpu_has_vnni(),
+                weight_type=QuantType.QInt8, nodes_to_exclude=head + [f"{name}_MatMul" for name in head],
+                extra_options={"MatMulConstBOnly": True},
+            )  # fmt: skip
+    except Exception as exc:  # the quantizer raises many types
+        raise TexttuneError(f"quantization failed ({_first_line(exc)})") from None
 
 
 def validation_rows(bundle: Bundle, data: str | Path | None = None) -> tuple[list[str], np.ndarray]:
@@ -238,9 +241,11 @@ def validation_rows(bundle: Bundle, data: str | Path | None = None) -> tuple[lis
         )
     rows = rows.astype(int)
     picked = frame.iloc[rows].reset_index(drop=True)
+    missing = [c for c in task.target_columns if c not in picked or c not in valid]
+    if missing:
+        where = source if missing[0] not in picked else path / VALID_PREDICTIONS
+        raise TexttuneError(f"{where}: no column '{missing[0]}', which the gate compares; pass --data")
     checked = [c for c in (bundle.info.id_column, *task.target_columns) if c and c in picked and c in valid]
-    if len(checked) < len(task.target_columns):
-        raise TexttuneError(f"{source}: lacks the target columns {list(task.target_columns)}; pass --data")
     for column in checked:
         if task.is_regression and column in task.target_columns:
             same = np.isclose(pd.to_numeric(picked[column], errors="coerce"), valid[column].astype(float))
@@ -295,9 +300,16 @@ def gate(
 def _gated(
     engine: str, file: Path, exporter: str, bundle: Bundle, features: list, reference: np.ndarray, truth: np.ndarray
 ) -> Export:
-    """Run an exported file on the validation rows and gate it against PyTorch's outputs."""
+    """Run an exported file on the validation rows and gate it against PyTorch's outputs.
+
+    Raises:
+        TexttuneError: ONNX Runtime cannot load or run the graph (a size baked in somewhere, say).
+    """
     runner = OnnxRunner(file, threads=torch.get_num_threads())
-    outputs = Predictor([runner], bundle.pipeline, bundle.info).outputs_of(features)
+    try:
+        outputs = Predictor([runner], bundle.pipeline, bundle.info).outputs_of(features)
+    except Exception as exc:  # onnxruntime raises its own types
+        raise TexttuneError(f"the graph does not run ({_first_line(exc)})") from None
     figures, passed = gate(engine, reference, outputs, truth, bundle.info.postprocess, bundle.info.task)
     return Export(engine, file.name, exporter, passed, figures, cpu_description(),
                   reduce_range=not cpu_has_vnni() if engine == "onnx-int8" else None)  # fmt: skip
@@ -328,31 +340,35 @@ def export_member(path: Path, quantize: bool, force: bool, data: str | Path | No
     """Export one bundle (see `export_bundle`)."""
     if (path / CHECKPOINTS).exists():
         raise TexttuneError(f"{path}: a training is writing into this folder (it has {CHECKPOINTS}); export after it")
+    description = (path / BUNDLE_FILE).read_text()  # the bundle the export is of: refused if replaced meanwhile
     bundle = load_bundle(path)
     texts, truth = validation_rows(bundle, data)
     features = bundle.pipeline.encode(texts)
     reference = Predictor([TorchRunner(bundle.model, bf16=False)], bundle.pipeline, bundle.info).outputs_of(features)
+    problems = []
     with tempfile.TemporaryDirectory(prefix=".texttune-export-", dir=path.parent) as scratch:
         files = {engine: Path(scratch) / name for engine, name in FILES.items()}
         exports = [_export_fp32(bundle, features, reference, truth, files["onnx-fp32"])]
-        if quantize:
-            quantize_int8(files["onnx-fp32"], files["onnx-int8"])
-            exports.append(_gated("onnx-int8", files["onnx-int8"], exports[0].exporter, bundle, features, reference,
-                                  truth))  # fmt: skip
+        if quantize and (exports[0].passed or force):  # int8 of a graph that is wrong in fp32 is never kept
+            try:
+                quantize_int8(files["onnx-fp32"], files["onnx-int8"])
+                exports.append(_gated("onnx-int8", files["onnx-int8"], exports[0].exporter, bundle, features,
+                                      reference, truth))  # fmt: skip
+            except TexttuneError as exc:
+                problems.append(f"onnx-int8: {exc}")
         exports = [dataclasses.replace(e, forced=force and not e.passed) for e in exports]
         kept = {e.engine: e for e in exports if e.passed or force}
         add_exports(
             path,
             {e.file: files[e.engine] for e in kept.values()},
             {e.engine: e.to_dict() for e in kept.values()},
-            dropped=[e.engine for e in exports if e.engine not in kept],  # an older export of it goes too
+            dropped=[engine for engine in FILES if engine not in kept and (engine != "onnx-int8" or quantize)],
+            expected_description=description,
         )
-    refused = [e for e in exports if e.engine not in kept]
-    if refused:
+    problems += [e.describe() for e in exports if e.engine not in kept]
+    if problems:
         written = f"; {', '.join(kept)} written" if kept else "; nothing written"
-        raise TexttuneError(
-            f"{path}: {'; '.join(e.describe() for e in refused)}{written} (--force keeps a failed export, marked)"
-        )
+        raise TexttuneError(f"{path}: {'; '.join(problems)}{written} (--force keeps a failed export, marked)")
     return exports
 
 

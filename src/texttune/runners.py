@@ -89,7 +89,7 @@ ENGINES = ("auto", "torch", "onnx", "onnx-fp32", "onnx-int8")
 
 def _fits_this_cpu(engine: str, record: dict[str, Any]) -> bool:
     """An int8 export made with 8-bit weights (on a CPU with VNNI) can saturate on a CPU without it."""
-    return engine != "onnx-int8" or record.get("reduce_range", True) or cpu_has_vnni()
+    return engine != "onnx-int8" or record.get("reduce_range") is True or cpu_has_vnni()
 
 
 def choose_engine(exports: Sequence[dict[str, Any]], engine: str) -> str:
@@ -124,6 +124,6 @@ def choose_engine(exports: Sequence[dict[str, Any]], engine: str) -> str:
                 logger.warning("%s was made with 8-bit weights for CPUs with VNNI; this one lacks it", name)
             return name
     raise TexttuneError(
-        f"engine {engine}: {'a member lacks' if len(exports) > 1 else 'the bundle has'} no such export; "
+        f"engine {engine}: {'a member has' if len(exports) > 1 else 'the bundle has'} no such export; "
         "run `texttune export MODEL --format onnx` (with --quantize int8 for int8) first"
     )

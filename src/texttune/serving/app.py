@@ -258,6 +258,10 @@ def create_app(predictor: Predictor | Callable[[], Predictor], settings: ServeSe
             future = state["batcher"].submit(features)
         except Overloaded as exc:
             raise _Refusal(429, str(exc), {"Retry-After": str(exc.retry_after)}) from None
+        except RuntimeError:
+            raise _Refusal(
+                503, "the server is stopping or its model worker has stopped", {"Retry-After": "1"}
+            ) from None
         metrics.queue.set(state["batcher"].queued_texts)
         gone = asyncio.ensure_future(_disconnected(request))
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from texttune.pipeline import Features
+
+logger = logging.getLogger(__name__)
 
 
 class Overloaded(Exception):
@@ -84,14 +87,17 @@ class MicroBatcher:
                 await self._worker
         for pending in self._queue:
             pending.future.cancel()
-        self._executor.shutdown(wait=True)
+        await asyncio.to_thread(self._executor.shutdown)  # a run in progress finishes off the event loop
 
     def submit(self, features: Sequence[Features]) -> asyncio.Future:
         """Queue tokenized texts; the future gives their outputs (N, C). Cancel it to give up.
 
         Raises:
             Overloaded: the queue holds `max_queued_texts` already.
+            RuntimeError: the worker is not running (stopped, or not started).
         """
+        if not self.alive:
+            raise RuntimeError("the model's worker is not running")
         if self._queued_texts + len(features) > self.max_queued_texts:
             wait = (self._queued_texts + len(features)) * self._seconds_per_text
             raise Overloaded(max(1, math.ceil(wait)))
@@ -129,7 +135,9 @@ class MicroBatcher:
             if taken:
                 try:
                     await self._run(taken)
-                finally:  # stopped (or a bug) mid-run: nobody is left waiting on a future that never resolves
+                except Exception:  # a bug here must not stop the worker: its requests fail, the next ones run
+                    logger.exception("the micro-batcher failed on a run")
+                finally:  # stopped (or failed) mid-run: nobody is left waiting on a future that never resolves
                     for pending in taken:
                         if not pending.future.done():
                             pending.future.cancel()

@@ -14,7 +14,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--quantize", choices=["int8"], help="also write an int8 model (dynamic quantization)")
     parser.add_argument("--force", action="store_true", help="keep an export that fails its gate, marked as failed")
     parser.add_argument(
-        "--data", help="the table the bundle was trained on, where its recipe's path does not reach it from here"
+        "--data",
+        help="the table the bundle validated on (data.valid, else data.train) where its recipe's path fails from here",
     )
     parser.set_defaults(run=run)
 

@@ -209,3 +209,18 @@ def test_ids_from_typed_formats_stay_exactly_as_stored(tmp_path: Path) -> None:
     read = read_table(tmp_path / "t.parquet")
     assert read["id"].tolist() == ["7", "", str(big)]  # not 7.0, and not rounded
     assert read["code"].tolist() == ["007", "008", "009"]  # not b'007'
+
+
+def test_rows_swallowed_by_a_quote_are_warned_about_and_prose_with_commas_is_not(tmp_path: Path, caplog) -> None:
+    merged = tmp_path / "merged.csv"  # the quote of row 1 closes two rows later: three rows read as one
+    merged.write_text('id,text,score\nr1,"an open quote,3\nr2,fine film,4\nr3,ok film",2\nr4,good,5\n')
+    essays = tmp_path / "essays.csv"  # paragraphs with many commas, as in essays: no rows inside
+    essays.write_text(
+        'id,text,score\ne1,"First, a line.\nThen, one, two, three, and more, of it.\nYes, no.",3.5\n'
+        'e2,"A short one.\nWith, a, comma, list, here.",4.0\n'
+    )
+    with caplog.at_level("WARNING"):
+        assert len(read_table(essays)) == 2
+        assert caplog.text == ""
+        assert len(read_table(merged)) == 2
+    assert "merged.csv: 1 field(s) span lines that look like whole rows (first: row 1, from line 2)" in caplog.text

@@ -77,6 +77,31 @@ def _decode(path: Path, raw: bytes) -> str:
         ) from None
 
 
+def _kind(value: str) -> str:
+    """A value's kind, to tell a table's row from a line of prose: empty, number, word (no space) or text."""
+    value = value.strip()
+    if not value:
+        return "empty"
+    try:
+        float(value)
+        return "number"
+    except ValueError:
+        return "word" if " " not in value else "text"
+
+
+def _looks_like_row(line: str, sep: str, columns: int, shape: list[str] | None) -> bool:
+    """Whether a line inside a field reads as a whole row: as many fields as the header, and numbers and single
+    words where the table's first row has them (a sentence with commas has neither)."""
+    if line.count(sep) < columns - 1:
+        return False
+    fields = next(csv.reader([line], delimiter=sep), [])
+    if len(fields) != columns:
+        return False
+    if shape is None:
+        return True
+    return all(_kind(value) == kind for value, kind in zip(fields, shape) if kind in ("number", "word"))
+
+
 def _check_records(path: Path, text: str, sep: str) -> None:
     """What pandas reads silently wrong: a header naming a column twice (it renames one `label.1`), and quotes
     that do not close where a field ends (an unbalanced quote merges the rows up to the next quote into one field).
@@ -97,9 +122,12 @@ def _check_records(path: Path, text: str, sep: str) -> None:
             )
         started = reader.line_num + 1
         suspicious: list[tuple[int, int]] = []  # (row, line it starts on) of fields holding what look like rows
+        shape: list[str] | None = None  # the kinds of value of the first record (see _looks_like_row)
         for row, record in enumerate(reader, start=1):
+            if shape is None and len(record) == len(header):
+                shape = ["text" if "\n" in field else _kind(field) for field in record]
             for field in record if len(header) >= 3 else ():  # with two columns a text line with a comma looks alike
-                if any(line.count(sep) >= len(header) - 1 for line in field.split("\n")[1:]):
+                if any(_looks_like_row(line, sep, len(header), shape) for line in field.split("\n")[1:]):
                     suspicious.append((row, started))
                     break
             started = reader.line_num + 1

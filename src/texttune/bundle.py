@@ -35,7 +35,7 @@ from safetensors.torch import load_model, save_model
 from transformers import AutoTokenizer
 
 from texttune._io import atomic_directory, recover_directory, sha256_of, write_failure
-from texttune.errors import TexttuneError
+from texttune.errors import TexttuneError, first_line
 from texttune.models.heads import TextModel
 from texttune.models.registry import backbone_from_config, max_positions, stored_config
 from texttune.pipeline import TextPipeline
@@ -101,7 +101,7 @@ class Bundle:
                 )
         except (KeyError, TypeError, ValueError, TexttuneError) as exc:
             raise TexttuneError(
-                f"{self.path / BUNDLE_FILE}: unreadable bundle description ({_first_line(exc)})"
+                f"{self.path / BUNDLE_FILE}: unreadable bundle description ({first_line(exc)})"
             ) from None
         _check_shapes(weights, skeleton)
         model = TextModel(
@@ -112,7 +112,7 @@ class Bundle:
         except Exception as exc:  # safetensors and torch raise several types for damaged or mismatched weights
             raise TexttuneError(
                 f"{weights}: the weights do not load into the model texttune.json describes "
-                f"({_first_line(exc)}); the bundle is damaged or its files do not belong together"
+                f"({first_line(exc)}); the bundle is damaged or its files do not belong together"
             ) from None
         return model.eval()
 
@@ -308,14 +308,14 @@ def load_bundle(path: str | Path, model: bool = True) -> Bundle:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
     except Exception as exc:  # the tokenizer libraries raise many types for damaged files
-        raise TexttuneError(f"{path}: the tokenizer files are unreadable ({_first_line(exc)})") from None
+        raise TexttuneError(f"{path}: the tokenizer files are unreadable ({first_line(exc)})") from None
     try:
         data = _upgrade_format_1(data, tokenizer) if version == 1 else data
         pipeline = TextPipeline.from_dict(data.pop("pipeline"), tokenizer)
         info = BundleInfo.from_dict(data)
         limit = max_positions(stored_config(info.backbone_config))
     except (KeyError, TypeError, ValueError, TexttuneError) as exc:
-        raise TexttuneError(f"{path / BUNDLE_FILE}: unreadable bundle description ({_first_line(exc)})") from None
+        raise TexttuneError(f"{path / BUNDLE_FILE}: unreadable bundle description ({first_line(exc)})") from None
     if limit is not None and pipeline.max_length > limit:
         raise TexttuneError(
             f"{path / BUNDLE_FILE}: max_length {pipeline.max_length} is longer than the encoder's {limit} positions; "
@@ -346,7 +346,7 @@ def _check_shapes(weights: Path, skeleton: TextModel) -> None:
             shapes = {name: tuple(stored.get_slice(name).get_shape()) for name in stored.keys()}  # noqa: SIM118
     except Exception as exc:  # safetensors raises several types for a damaged header
         raise TexttuneError(
-            f"{weights}: the weights are unreadable ({_first_line(exc)}); the bundle is damaged"
+            f"{weights}: the weights are unreadable ({first_line(exc)}); the bundle is damaged"
         ) from None
     wrong = next((name for name, shape in shapes.items() if described.get(name) != shape), None)
     if wrong is not None:
@@ -355,11 +355,6 @@ def _check_shapes(weights: Path, skeleton: TextModel) -> None:
             f"{list(shapes[wrong])}, described {list(described[wrong]) if wrong in described else 'none'}); "
             "the bundle is damaged or its files do not belong together"
         )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def add_exports(

@@ -43,7 +43,7 @@ from texttune.bundle import (
 )
 from texttune.config import build_recipe
 from texttune.data import read_table, read_texts
-from texttune.errors import TexttuneError
+from texttune.errors import TexttuneError, first_line
 from texttune.models.heads import TextModel
 from texttune.postprocess import PostProcessing
 from texttune.predictor import Predictor
@@ -177,7 +177,7 @@ def export_onnx(model: TextModel, sample: dict[str, torch.Tensor], destination: 
                     dynamo=False, dynamic_axes={**axes, "logits": {0: "batch"}},
                 )  # fmt: skip
     except Exception as exc:  # the exporters raise many types
-        raise TexttuneError(_first_line(exc)) from None
+        raise TexttuneError(first_line(exc)) from None
     if not _has_dynamic_axes(destination):
         raise TexttuneError("the graph has fixed batch or sequence sizes")
 
@@ -207,7 +207,7 @@ def quantize_int8(source: Path, destination: Path) -> None:
                 extra_options={"MatMulConstBOnly": True},
             )  # fmt: skip
     except Exception as exc:  # the quantizer raises many types
-        raise TexttuneError(f"quantization failed ({_first_line(exc)})") from None
+        raise TexttuneError(f"quantization failed ({first_line(exc)})") from None
 
 
 def validation_rows(bundle: Bundle, data: str | Path | None = None) -> tuple[list[str], np.ndarray]:
@@ -267,11 +267,6 @@ def validation_rows(bundle: Bundle, data: str | Path | None = None) -> tuple[lis
     return texts, np.array([index[label] for label in valid[task.target_columns[0]]])
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
 def gate(
     engine: str,
     reference: np.ndarray,
@@ -309,7 +304,7 @@ def _gated(
     try:
         outputs = Predictor([runner], bundle.pipeline, bundle.info).outputs_of(features)
     except Exception as exc:  # onnxruntime raises its own types
-        raise TexttuneError(f"the graph does not run ({_first_line(exc)})") from None
+        raise TexttuneError(f"the graph does not run ({first_line(exc)})") from None
     figures, passed = gate(engine, reference, outputs, truth, bundle.info.postprocess, bundle.info.task)
     return Export(engine, file.name, exporter, passed, figures, cpu_description(),
                   reduce_range=not cpu_has_vnni() if engine == "onnx-int8" else None)  # fmt: skip

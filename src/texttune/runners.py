@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from texttune._hardware import cpu_has_vnni, use_bf16
-from texttune.errors import TexttuneError
+from texttune.errors import TexttuneError, first_line
 from texttune.models.heads import TextModel
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class OnnxRunner:
         try:  # ONNX Runtime itself refuses external data outside the model's folder
             self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # it raises its own types for damaged or hostile files
-            raise TexttuneError(f"{path}: ONNX Runtime cannot load it ({str(exc).strip()[:200]})") from None
+            raise TexttuneError(f"{path}: ONNX Runtime cannot load it ({first_line(exc)})") from None
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:

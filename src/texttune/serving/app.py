@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, StrictStr, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from texttune.errors import TexttuneError
+from texttune.errors import TexttuneError, first_line
 from texttune.predictor import Predictor
 from texttune.serving.batcher import MicroBatcher, Overloaded
 
@@ -279,7 +279,7 @@ def create_app(predictor: Predictor | Callable[[], Predictor], settings: ServeSe
             raise _Refusal(503, "the server is shutting down; retry in a moment", {"Retry-After": "1"})
         if future.exception() is not None:  # the model failed on this run: said in one line, logged in full
             logger.error("the model failed on a batch", exc_info=future.exception())
-            raise _Refusal(500, f"the model failed on this request ({_first_line(future.exception())})")
+            raise _Refusal(500, f"the model failed on this request ({first_line(future.exception())})")
         records = model.records(future.result())
         metrics.latency.observe(time.perf_counter() - started)
         return {"predictions": records}
@@ -301,18 +301,15 @@ def create_app(predictor: Predictor | Callable[[], Predictor], settings: ServeSe
             metrics.queue.set(state["batcher"].queued_texts)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    page = resources.files("texttune.serving").joinpath("playground.html").read_text()
+    page = page.replace("__AUTH__", json.dumps(settings.api_key is not None))
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground() -> HTMLResponse:
-        page = resources.files("texttune.serving").joinpath("playground.html").read_text()
-        return HTMLResponse(page.replace("__AUTH__", json.dumps(settings.api_key is not None)))
+        return HTMLResponse(page)
 
     app.add_middleware(_Edge, limit=settings.max_body_bytes, metrics=metrics, api_key=settings.api_key)
     return app
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 async def _disconnected(request: Request) -> None:

@@ -1,14 +1,16 @@
 """Where does a training step's time go? The torch profiler over texttune's default path (issue 4's profiling).
 
 Runs bench/train_throughput.py's texttune workload with a profiler callback (3 active steps after 2 skipped) and
-prints the top operators by self CPU time.
+prints the top operators by self CPU time. --isa avx2 caps the kernels at AVX2 (fp32), as bench/train_throughput.py
+does; --set passes recipe overrides (e.g. model.attention=sdpa).
 
-python bench/profile_train.py [--workload ellipse|sst5] [--rows 20]
+python bench/profile_train.py [--workload ellipse|sst5] [--rows 20] [--isa avx2] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -38,9 +40,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", default="ellipse", choices=list(train_throughput.WORKLOADS))
     parser.add_argument("--rows", type=int, default=20)
+    parser.add_argument("--isa", choices=["native", "avx2"], default="native")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
+    if args.isa == "avx2" and os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2":  # before torch reads them
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **train_throughput.AVX2_CAP})
     profile = Profile()
-    result = train_throughput.run_texttune(args.workload, steps=4, warmup=2, callbacks=(profile,))
+    result = train_throughput.run_texttune(args.workload, 4, 2, callbacks=(profile,), overrides=args.overrides)
     print(profile.profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
     print(f"{result['seconds_per_step']:.3f} s/step while profiling")
 

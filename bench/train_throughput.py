@@ -1,16 +1,24 @@
-"""Training throughput: texttune's default path against the seed recipe done the plain way, and the matmul ceiling.
+"""Training and evaluation throughput: texttune against two plain `transformers.Trainer` baselines, and the ceiling.
 
-One run measures, each in a fresh subprocess (so peak RSS is per measurement), as medians of --repeats:
-- baseline: `transformers.Trainer` on AutoModelForSequenceClassification with a Dataset that tokenizes in
-  `__getitem__` with padding="max_length" (512, the seed recipe's), fp32, random batches;
-- texttune: `texttune.training.prepare` + `fit`, the default path of `texttune train`, unchanged, under the
-  allocator the `texttune` command uses (tcmalloc when installed, see texttune/_malloc.py);
-- ceiling: this machine's bf16 and fp32 matmul GFLOP/s, and texttune's model FLOPs utilisation (MFU): training
-  FLOP/s on real tokens (6 x non-embedding parameters x tokens + 12 x layers x hidden x length^2 per text for
-  attention) divided by the bf16 peak.
+Contenders, each measured in a fresh subprocess (so peak RSS is per measurement), as medians of --repeats:
+- seed: the seed recipe the plain way: a Dataset that tokenizes in `__getitem__` with padding="max_length" (512),
+  fp32, random batches, AutoModelForSequenceClassification;
+- trainer: a well-configured plain Trainer: `datasets.map` tokenization once, `DataCollatorWithPadding`,
+  `group_by_length=True`, bf16 where this CPU has it natively, else fp32;
+- texttune: `texttune.training.prepare` + `fit`, the default path of `texttune train`, under the allocator the
+  `texttune` command uses (tcmalloc when installed, see texttune/_malloc.py).
+Each is timed training (optimizer steps) and evaluating (one full pass over --eval-rows validation rows, with each
+contender's own evaluation batching; fewer steps and rows for the seed recipe, whose every one costs the same). The
+ceiling is this machine's matmul GFLOP/s in the precision texttune trains
+in here (bf16 only where the CPU has it natively; fp32 is always measured too); MFU is training FLOP/s on real
+tokens (6 x non-embedding parameters x tokens + 12 x layers x hidden x length^2 per text for attention) over it.
+
+--isa avx2 runs every contender with torch's, oneDNN's and MKL's kernels capped at AVX2 (and texttune reading the
+cap, see texttune/_hardware.py): the same cores behaving as an AVX2-only CPU, in fp32.
+
 Workloads: ELLIPSE essays (max_length 512, batch 8) and SST-5 sentences (batch 32), from ../shared/data.
 
-python bench/train_throughput.py [--repeats 3] [--steps 12] [--warmup 3] [--only ellipse|sst5]
+python bench/train_throughput.py [--repeats 3] [--steps 12] [--warmup 3] [--only ellipse|sst5] [--isa avx2]
 """
 
 from __future__ import annotations
@@ -19,24 +27,34 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from texttune._hardware import cpu_has_bf16, cpu_model_and_flags
 from texttune._malloc import tcmalloc_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data"
 WORKLOADS = {
-    "ellipse": {"recipe": "examples/ellipse.yaml", "batch_size": 8},
-    "sst5": {"recipe": "examples/sst5.yaml", "batch_size": 32},
+    "ellipse": {"recipe": "examples/ellipse.yaml", "batch_size": 8, "eval_rows": 200},
+    "sst5": {"recipe": "examples/sst5.yaml", "batch_size": 32, "eval_rows": 1000},
 }
+ELLIPSE_TARGETS = ["cohesion", "syntax", "vocabulary", "phraseology", "grammar", "conventions"]
 SEED_MAX_LENGTH = 512
+CONTENDERS = ("seed", "trainer", "texttune")
+# The seed recipe pads every text to 512 tokens, so each of its steps and rows costs the same: fewer of them
+# measure it as well, and keep the benchmark's run time down (its SST-5 steps are 60x slower than texttune's).
+SEED_STEPS, SEED_WARMUP, SEED_EVAL_ROWS = 4, 1, 160
+AVX2_CAP = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
 class TokenMeter:
@@ -73,11 +91,20 @@ class StepClock:
         return _Clock()
 
 
-def _rows(workload: str, count: int) -> Any:
+def _rows(workload: str, count: int, offset: int = 0) -> Any:
+    """`count` rows of the workload's table in a fixed shuffled order, from `offset` (evaluation rows come after
+    the training rows)."""
     from texttune.data import read_table
 
     path = DATA / ("ellipse_train.csv" if workload == "ellipse" else "sst5_train.tsv")
-    return read_table(path).sample(n=count, random_state=0).reset_index(drop=True)
+    table = read_table(path).sample(frac=1.0, random_state=0).reset_index(drop=True)
+    return table.iloc[offset : offset + count].reset_index(drop=True)
+
+
+def _texts_and_labels(workload: str, frame: Any) -> tuple[list[str], np.ndarray]:
+    if workload == "ellipse":
+        return frame["full_text"].tolist(), frame[ELLIPSE_TARGETS].astype(float).to_numpy(dtype=np.float32)
+    return frame["Phrase"].tolist(), frame["Sentiment"].astype(int).to_numpy()
 
 
 def _non_embedding_parameters(model: Any, embedding_names: set[str]) -> int:
@@ -100,19 +127,32 @@ def _measure(meter: TokenMeter, clock: Any, warmup: int, batch_size: int, layers
     }
 
 
-def run_texttune(workload: str, steps: int, warmup: int, callbacks: tuple = ()) -> dict[str, Any]:
-    """texttune's default training path on (warmup + steps) batches, one epoch, no tricks."""
+def _timed_evaluation(trainer: Any, dataset: Any, warmup_rows: int = 16) -> dict[str, float]:
+    """One full evaluation pass after a short one (the first call pays one-off costs)."""
+    trainer.evaluate(eval_dataset=dataset.select(range(warmup_rows)))
+    started = time.perf_counter()
+    trainer.evaluate(eval_dataset=dataset)
+    return {"eval_samples_per_s": len(dataset) / (time.perf_counter() - started)}
+
+
+def run_texttune(
+    workload: str, steps: int, warmup: int, callbacks: tuple = (), overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """texttune's default training path on (warmup + steps) batches, one epoch, no tricks (`overrides`: recipe
+    settings to try instead)."""
     from texttune import training
     from texttune.config import load_recipe
     from texttune.prepare import prepare
     from texttune.task import parse_examples
 
     batch_size = WORKLOADS[workload]["batch_size"]
-    overrides = [f"training.batch_size={batch_size}", "training.evals_per_epoch=1", "training.stages=null",
-                 "training.epochs=1", "training.scheduler=linear"]  # fmt: skip
-    recipe = load_recipe(ROOT / WORKLOADS[workload]["recipe"], overrides)
+    scratch = tempfile.mkdtemp(prefix="texttune-bench-")  # nothing is written into the project
+    settings = [f"training.batch_size={batch_size}", "training.evals_per_epoch=1", "training.stages=null",
+                "training.epochs=1", "training.scheduler=linear", "training.checkpoints=false",
+                f"output.dir={scratch}/run", *overrides]  # fmt: skip
+    recipe = load_recipe(ROOT / WORKLOADS[workload]["recipe"], settings)
     frame = _rows(workload, (warmup + steps) * batch_size + 8)
-    examples = parse_examples(frame.reset_index(drop=True), recipe.data, recipe.task)
+    examples = parse_examples(frame, recipe.data, recipe.task)
     rows = np.arange(len(examples))
     prepared = prepare(recipe, (examples.subset(rows[:-8]), examples.subset(rows[-8:])))
     model = prepared.model
@@ -120,32 +160,84 @@ def run_texttune(workload: str, steps: int, warmup: int, callbacks: tuple = ()) 
     model.register_forward_pre_hook(meter, with_kwargs=True)
     embeddings = set(model.levels()[-1])
     training.fit(prepared, callbacks=[clock, *callbacks])
+    shutil.rmtree(scratch)
     config = model.backbone.config
     params = _non_embedding_parameters(model, embeddings)
     return _measure(meter, clock, warmup, batch_size, config.num_hidden_layers, config.hidden_size, params)
 
 
-def run_baseline(workload: str, steps: int, warmup: int) -> dict[str, Any]:
-    """The seed recipe the plain way: tokenize in __getitem__, pad to max_length, fp32, random batches."""
-    import tempfile
+def evaluate_texttune(workload: str, rows: int, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """A full pass of texttune's evaluation (the Trainer's `evaluate` with token-budget batches) over `rows`."""
+    from texttune.config import load_recipe
+    from texttune.data import EncodedDataset
+    from texttune.prepare import prepare
+    from texttune.task import parse_examples
+    from texttune.training import stage_trainer
 
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+    recipe = load_recipe(ROOT / WORKLOADS[workload]["recipe"], ["training.stages=null", *overrides])
+    frame = _rows(workload, rows + 16)
+    examples = parse_examples(frame, recipe.data, recipe.task)
+    indices = np.arange(len(examples))
+    prepared = prepare(recipe, (examples.subset(indices[:16]), examples.subset(indices[16:])))
+    valid = prepared.valid_set
+    with tempfile.TemporaryDirectory() as scratch:
+        stage = recipe.training.stage_plan()[0]
+        trainer = stage_trainer(prepared, stage, 0, scratch, [])
+        trainer.evaluate(eval_dataset=EncodedDataset(valid.features[::-1][:16], valid.labels[::-1][:16]))
+        started = time.perf_counter()
+        trainer.evaluate()
+        return {"eval_samples_per_s": rows / (time.perf_counter() - started)}
+
+
+def _plain_model(workload: str) -> Any:
+    from transformers import AutoModelForSequenceClassification
+
+    from texttune.models.registry import resolve_backbone
+
+    location = resolve_backbone("minilm")
+    if workload == "ellipse":
+        return AutoModelForSequenceClassification.from_pretrained(location, num_labels=6, problem_type="regression")
+    return AutoModelForSequenceClassification.from_pretrained(location, num_labels=5)
+
+
+def _plain_trainer(workload: str, kind: str, steps: int, scratch: str, train: Any, callbacks: list) -> Any:
+    """A plain Trainer: the seed recipe's settings, or the well-configured ones."""
+    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
 
     from texttune.models.registry import resolve_backbone
 
     batch_size = WORKLOADS[workload]["batch_size"]
-    frame = _rows(workload, (warmup + steps) * batch_size)
-    location = resolve_backbone("minilm")
-    tokenizer = AutoTokenizer.from_pretrained(location)
-    if workload == "ellipse":
-        texts = frame["full_text"].tolist()
-        targets = frame[["cohesion", "syntax", "vocabulary", "phraseology", "grammar", "conventions"]]
-        labels = targets.astype(float).to_numpy(dtype=np.float32)
-        model = AutoModelForSequenceClassification.from_pretrained(location, num_labels=6, problem_type="regression")
-    else:
-        texts, labels = frame["Phrase"].tolist(), frame["Sentiment"].astype(int).to_numpy()
-        model = AutoModelForSequenceClassification.from_pretrained(location, num_labels=5)
+    well = kind == "trainer"
+    args = TrainingArguments(
+        output_dir=scratch, max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=2e-5,
+        per_device_eval_batch_size=batch_size, save_strategy="no", eval_strategy="no", report_to="none",
+        use_cpu=True, seed=42, disable_tqdm=True, bf16=well and cpu_has_bf16(),
+        train_sampling_strategy="group_by_length" if well else "random",  # transformers 5's group_by_length=True
+    )  # fmt: skip
+    collator = DataCollatorWithPadding(AutoTokenizer.from_pretrained(resolve_backbone("minilm"))) if well else None
+    return Trainer(model=_plain_model(workload), args=args, train_dataset=train, data_collator=collator,
+                   callbacks=callbacks)  # fmt: skip
+
+
+def _plain_dataset(workload: str, kind: str, frame: Any) -> Any:
+    """The seed recipe's Dataset (tokenize and pad to 512 in `__getitem__`), or a `datasets` table tokenized once."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from texttune.models.registry import resolve_backbone
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("minilm"))
+    texts, labels = _texts_and_labels(workload, frame)
+    if kind == "trainer":
+        import datasets
+
+        datasets.disable_progress_bars()
+        table = datasets.Dataset.from_dict({"text": texts, "labels": labels.tolist()})
+        return table.map(
+            lambda batch: tokenizer(batch["text"], truncation=True, max_length=SEED_MAX_LENGTH),
+            batched=True,
+            remove_columns=["text"],
+        )
 
     class SeedDataset(torch.utils.data.Dataset):
         def __len__(self) -> int:
@@ -158,25 +250,43 @@ def run_baseline(workload: str, steps: int, warmup: int) -> dict[str, Any]:
             item["labels"] = torch.as_tensor(labels[index])
             return item
 
+        def select(self, indices: range) -> Any:  # as `datasets.Dataset.select`, for the warm-up pass
+            return torch.utils.data.Subset(self, list(indices))
+
+    return SeedDataset()
+
+
+def run_plain(workload: str, kind: str, steps: int, warmup: int) -> dict[str, Any]:
+    """Training steps of a plain Trainer (`kind`: seed or trainer)."""
+    batch_size = WORKLOADS[workload]["batch_size"]
+    train = _plain_dataset(workload, kind, _rows(workload, (warmup + steps) * batch_size))
     meter, clock = TokenMeter(), StepClock()
-    model.register_forward_pre_hook(meter, with_kwargs=True)
     with tempfile.TemporaryDirectory() as scratch:
-        args = TrainingArguments(
-            output_dir=scratch, max_steps=warmup + steps, per_device_train_batch_size=batch_size, learning_rate=2e-5,
-            save_strategy="no", eval_strategy="no", report_to="none", use_cpu=True, seed=42, disable_tqdm=True,
-        )  # fmt: skip
-        Trainer(model=model, args=args, train_dataset=SeedDataset(), callbacks=[clock]).train()
+        trainer = _plain_trainer(workload, kind, warmup + steps, scratch, train, [clock])
+        trainer.model.register_forward_pre_hook(meter, with_kwargs=True)
+        trainer.train()
+    model = trainer.model
     config = model.config
     params = _non_embedding_parameters(model, {n for n, _ in model.named_parameters() if "embeddings" in n})
     return _measure(meter, clock, warmup, batch_size, config.num_hidden_layers, config.hidden_size, params)
 
 
+def evaluate_plain(workload: str, kind: str, rows: int) -> dict[str, Any]:
+    """A full pass of a plain Trainer's `evaluate` over `rows`, at its training batch size."""
+    valid = _plain_dataset(workload, kind, _rows(workload, rows))
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = _plain_trainer(workload, kind, 1, scratch, valid, [])
+        return _timed_evaluation(trainer, valid)
+
+
 def run_ceiling() -> dict[str, Any]:
-    """Matmul GFLOP/s of square bf16 and fp32 products, the best of several timed repeats after warm-up."""
+    """Matmul GFLOP/s of square products, the best of several timed repeats after warm-up: fp32 always, bf16 only
+    where the CPU has it (elsewhere torch emulates it, slowly and single-threaded)."""
     import torch
 
     result = {}
-    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+    dtypes = (("bf16", torch.bfloat16),) if cpu_has_bf16() else ()
+    for name, dtype in (*dtypes, ("fp32", torch.float32)):
         best = 0.0
         for size in (1024, 2048):
             a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
@@ -191,7 +301,7 @@ def run_ceiling() -> dict[str, Any]:
     return result
 
 
-def _child(kind: str, workload: str, steps: int, warmup: int) -> None:
+def _child(kind: str, workload: str, steps: int, warmup: int, eval_rows: int, overrides: list[str]) -> None:
     import logging
 
     import transformers
@@ -199,20 +309,31 @@ def _child(kind: str, workload: str, steps: int, warmup: int) -> None:
     logging.disable(logging.INFO)
     transformers.logging.set_verbosity_error()
     os.environ["TQDM_DISABLE"] = "1"
-    if kind == "ceiling":
+    contender, _, part = kind.partition(":")
+    if contender == "ceiling":
         result = run_ceiling()
+    elif part == "eval":
+        result = evaluate_texttune(workload, eval_rows, overrides) if contender == "texttune" else None
+        result = result or evaluate_plain(workload, contender, eval_rows)
     else:
-        result = (run_texttune if kind == "texttune" else run_baseline)(workload, steps, warmup)
+        result = run_texttune(workload, steps, warmup, overrides=overrides) if contender == "texttune" else None
+        result = result or run_plain(workload, contender, steps, warmup)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
 
-def _spawn(kind: str, workload: str, steps: int, warmup: int) -> dict[str, Any]:
+def _spawn(kind: str, workload: str, args: argparse.Namespace) -> dict[str, Any]:
+    eval_rows = args.eval_rows or WORKLOADS.get(workload, {}).get("eval_rows", 0)
+    steps, warmup = args.steps, args.warmup
+    if kind.startswith("seed"):
+        steps, warmup, eval_rows = min(steps, SEED_STEPS), min(warmup, SEED_WARMUP), min(eval_rows, SEED_EVAL_ROWS)
     command = [sys.executable, __file__, "--child", kind, "--workload", workload, "--steps", str(steps),
-               "--warmup", str(warmup)]  # fmt: skip
-    env = {**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if kind == "texttune":  # the allocator the `texttune` command runs under (texttune._malloc)
-        env = {**(tcmalloc_environment() or env), "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
+               "--warmup", str(warmup), "--eval-rows", str(eval_rows)]  # fmt: skip
+    command += [f"--set={override}" for override in args.overrides]
+    env = dict(os.environ)  # with the AVX2 cap, where main() set it
+    if kind.startswith("texttune"):  # the allocator the `texttune` command runs under (texttune._malloc)
+        env = tcmalloc_environment() or env
+    env.update({"TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"})
     output = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
     lines = [line for line in output.stdout.splitlines() if line.startswith("RESULT ")]
     if output.returncode or not lines:
@@ -229,36 +350,56 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=12, help="timed optimizer steps per measurement")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--eval-rows", type=int, help="rows of the timed evaluation pass (default per workload)")
     parser.add_argument("--only", choices=list(WORKLOADS))
-    parser.add_argument("--child", choices=["texttune", "baseline", "ceiling"], help=argparse.SUPPRESS)
+    parser.add_argument("--contenders", default=",".join(CONTENDERS), help="a comma-separated subset")
+    parser.add_argument("--isa", choices=["native", "avx2"], default="native")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="texttune recipe overrides")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workload", default="ellipse", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        _child(args.child, args.workload, args.steps, args.warmup)
+        _child(args.child, args.workload, args.steps, args.warmup, args.eval_rows, args.overrides)
         return
-    ceiling = _median([_spawn("ceiling", "none", 0, 0) for _ in range(args.repeats)])
-    print(f"ceiling: bf16 matmul {ceiling['bf16_gflops']:.0f} GFLOP/s, fp32 {ceiling['fp32_gflops']:.0f} GFLOP/s")
-    summary: dict[str, Any] = {"ceiling": ceiling, "repeats": args.repeats, "steps": args.steps}
+    if args.isa == "avx2":
+        os.environ.update(AVX2_CAP)  # this process reads the capped flags too
+    model, flags = cpu_model_and_flags()
+    print(f"CPU: {model}, {os.cpu_count()} cores; flags: {' '.join(flags) or 'none known'}")
+    ceiling = _median([_spawn("ceiling", "none", args) for _ in range(args.repeats)])
+    precision = "bf16" if "bf16_gflops" in ceiling else "fp32"
+    peak = ceiling[f"{precision}_gflops"]
+    shown = ", ".join(f"{k.removesuffix('_gflops')} {v:.0f}" for k, v in ceiling.items() if k.endswith("_gflops"))
+    print(f"matmul peak GFLOP/s: {shown}; texttune trains in {precision} here, MFU is against {peak:.0f}")
+    summary: dict[str, Any] = {"cpu": model, "flags": flags, "ceiling": ceiling, "precision": precision,
+                               "repeats": args.repeats, "steps": args.steps}  # fmt: skip
     for workload in [args.only] if args.only else list(WORKLOADS):
-        steps = args.steps
-        runs = {kind: [] for kind in ("baseline", "texttune")}
-        for _ in range(args.repeats):  # interleaved, so drifts of the machine hit both alike
+        contenders = [c for c in CONTENDERS if c in args.contenders.split(",")]
+        runs: dict[str, list] = {f"{c}{p}": [] for c in contenders for p in ("", ":eval")}
+        for _ in range(args.repeats):  # interleaved, so drifts of the machine hit all alike
             for kind in runs:
-                runs[kind].append(_spawn(kind, workload, steps, args.warmup))
+                runs[kind].append(_spawn(kind, workload, args))
         medians = {kind: _median(values) for kind, values in runs.items()}
-        ratio = medians["texttune"]["samples_per_s"] / medians["baseline"]["samples_per_s"]
-        mfu = medians["texttune"]["train_gflops"] / ceiling["bf16_gflops"]
-        print(
-            f"\n{workload} (batch {WORKLOADS[workload]['batch_size']}, {steps} timed steps, median of {args.repeats}):"
-        )
-        for kind, m in medians.items():
+        eval_rows = args.eval_rows or WORKLOADS[workload]["eval_rows"]
+        print(f"\n{workload} (batch {WORKLOADS[workload]['batch_size']}, {args.steps} timed steps, evaluation of "
+              f"{eval_rows} rows, median of {args.repeats}):")  # fmt: skip
+        for contender in contenders:
+            train, evaluation = medians[contender], medians[f"{contender}:eval"]
             print(
-                f"  {kind:9} {m['samples_per_s']:8.2f} samples/s {m['tokens_per_s']:9.0f} real tokens/s "
-                f"{m['pad_share']:6.1%} padding {m['train_gflops']:7.1f} GFLOP/s {m['peak_rss_mb']:7.0f} MB peak RSS"
+                f"  {contender:8} train {train['samples_per_s']:8.2f} samples/s {train['tokens_per_s']:8.0f} tokens/s "
+                f"{train['pad_share']:6.1%} pad {train['train_gflops']:6.1f} GFLOP/s MFU "
+                f"{train['train_gflops'] / peak:6.1%} {train['peak_rss_mb']:6.0f} MB | eval "
+                f"{evaluation['eval_samples_per_s']:8.2f} samples/s {evaluation['peak_rss_mb']:6.0f} MB"
             )
-        print(f"  texttune / baseline: {ratio:.2f}x samples/s; texttune MFU {mfu:.1%} of the bf16 matmul peak")
-        summary[workload] = {"baseline": medians["baseline"], "texttune": medians["texttune"], "ratio": ratio,
-                             "mfu": mfu}  # fmt: skip
+        ours = medians["texttune"]
+        for baseline in [c for c in contenders if c != "texttune"]:
+            train_ratio = ours["samples_per_s"] / medians[baseline]["samples_per_s"]
+            eval_ratio = (
+                medians["texttune:eval"]["eval_samples_per_s"] / medians[f"{baseline}:eval"]["eval_samples_per_s"]
+            )
+            print(f"  texttune / {baseline}: training {train_ratio:.2f}x, evaluation {eval_ratio:.2f}x samples/s")
+        eval_over_train = medians["texttune:eval"]["eval_samples_per_s"] / ours["samples_per_s"]
+        print(f"  texttune evaluation / training rate: {eval_over_train:.2f}x")
+        summary[workload] = {"medians": medians, "eval_over_train": eval_over_train}
     print(json.dumps(summary))
 
 

@@ -12,7 +12,7 @@ from texttune.errors import TexttuneError
 from texttune.models import POOLINGS, TextModel, create_loss, load_backbone
 from texttune.models.heads import ClsPooling, MeanPooling
 from texttune.models.layer_groups import layer_groups
-from texttune.models.registry import attention_implementation
+from texttune.models.registry import attention_implementation, attention_kernels
 from texttune.policy import Rates
 from texttune.task import TaskSpec
 
@@ -92,7 +92,11 @@ def test_layer_groups_and_layerwise_learning_rates(tiny_backbone: Path) -> None:
 
 
 def test_attention_kernels_follow_the_recipe(tiny_backbone: Path) -> None:
-    assert attention_implementation("auto") == (None if torch.cuda.is_available() else "eager")
+    assert attention_implementation("auto") is None  # the library's default: SDPA where the encoder has it
+    assert load_backbone(str(tiny_backbone))[0].config._attn_implementation == "sdpa"
     for choice in ("eager", "sdpa"):
         backbone, _ = load_backbone(str(tiny_backbone), attention=choice)
+        assert backbone.config._attn_implementation == choice
+        with attention_kernels(backbone, "eager" if choice == "sdpa" else "sdpa"):  # switched for a block
+            assert backbone.config._attn_implementation != choice
         assert backbone.config._attn_implementation == choice

@@ -12,7 +12,7 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from texttune import load_recipe, train
-from texttune.pipeline import TextPipeline
+from texttune.pipeline import TextPipeline, budget_batches
 
 
 def test_columns_are_joined_by_the_separator_and_texts_truncated(tiny_backbone: Path) -> None:
@@ -83,3 +83,17 @@ def test_batches_fill_a_token_budget_in_length_order(tiny_backbone: Path) -> Non
     )
     assert short == 40  # short texts fill the count, long ones the budget
     assert [len(b) for b in pipeline.batches(features[:1] + [{"input_ids": [1] * 64}], 16, 8)] == [1, 1]
+
+
+def test_budget_batches_keep_the_order_and_count_the_widest_text() -> None:
+    lengths = [3, 9, 2, 2, 8, 1, 1, 1]  # unsorted: a batch's width is its longest text, wherever it sits
+
+    def width(n: int) -> int:
+        return -(-n // 4) * 4  # multiples of 4
+
+    batches = budget_batches(lengths, width, max_tokens=24, max_batch=3)
+    assert np.concatenate(batches).tolist() == list(range(8))  # in order, each position once
+    for batch in batches:
+        assert len(batch) <= 3 and (len(batch) == 1 or len(batch) * width(max(lengths[i] for i in batch)) <= 24)
+    assert [b.tolist() for b in batches] == [[0, 1], [2, 3, 4], [5, 6, 7]]
+    assert [b.tolist() for b in budget_batches([40, 1], width, max_tokens=8, max_batch=4)] == [[0], [1]]

@@ -133,3 +133,17 @@ def test_the_lr_finder_sweeps_the_top_level_and_keeps_the_others_ratio(write_rec
     assert seen[0][0] == pytest.approx(1e-5) and seen[-1][0] <= 1e-1 * 1.0001
     for rates in seen:  # level 2 runs at half of level 1 throughout (groups: level_1, level_1_no_decay, level_2 ...)
         assert rates[2] == pytest.approx(rates[0] / 2)
+
+
+def test_evaluation_batches_fill_a_token_budget_in_the_sets_order(write_recipe, tmp_path: Path) -> None:
+    recipe = load_recipe(write_recipe("regression", rows=120), ["training.eval_max_tokens=96"])
+    prepared = prepare(recipe)
+    trainer = stage_trainer(prepared, Stage(epochs=1), 0, str(tmp_path), [])
+    batches = list(trainer.get_eval_dataloader())
+    lengths = [n for batch in batches for n in batch["attention_mask"].sum(dim=1).tolist()]
+    assert lengths == prepared.valid_set.lengths  # every row once, in the set's (sorted) order
+    assert all(b["input_ids"].numel() <= 96 or len(b["input_ids"]) == 1 for b in batches)
+    width, start = prepared.pipeline.collate.width, 0
+    for batch in batches[:-1]:  # each one full: the next text would not fit
+        start += len(batch["input_ids"])
+        assert (len(batch["input_ids"]) + 1) * width(max(lengths[start - 1], lengths[start])) > 96

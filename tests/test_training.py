@@ -165,3 +165,24 @@ def test_a_separate_validation_file_keeps_the_statistics_as_read(write_recipe, t
     info = json.loads((result.bundle / "texttune.json").read_text())
     assert info["task"]["target_max"][0] == 4.99 and info["postprocess"][0]["high"][0] == 4.99
     assert info["task"]["target_mean"] == pytest.approx(table[["warmth", "gloom"]].mean().tolist(), abs=1e-12)
+
+
+def test_validation_predictions_are_the_kept_evaluations_own(write_recipe, monkeypatch) -> None:
+    """The bundle's valid_predictions.csv comes from the kept evaluation itself, not from a second pass."""
+    from texttune.metrics import regression_metrics
+
+    recipe = load_recipe(write_recipe("regression", rows=100), ["training.evals_per_epoch=2"])
+
+    def second_pass(*args, **kwargs):
+        raise AssertionError("a second pass over the validation set")
+
+    monkeypatch.setattr(Predictor, "outputs_of", second_pass)
+    result = train(recipe)
+    monkeypatch.undo()
+    saved = pd.read_csv(result.bundle / "valid_predictions.csv")  # in the order of the validation rows
+    targets = ["warmth", "gloom"]
+    scored = regression_metrics(saved[[f"pred_{t}" for t in targets]].to_numpy(), saved[targets].to_numpy(), targets)
+    assert scored["mcrmse"] == pytest.approx(result.metrics["mcrmse"], abs=1e-6)  # what was scored is what is saved
+    assert len(json.loads((result.bundle / "metrics.json").read_text())["history"]) == 8  # 4 epochs x 2
+    _, outputs, _ = recompute_valid_metrics(recipe, result.bundle)  # and the bundle predicts it again
+    np.testing.assert_allclose(saved[[f"raw_{t}" for t in targets]].to_numpy(), outputs, atol=1e-5)

@@ -1,15 +1,32 @@
 """What the machine can do fast: bf16 on GPUs that have it and on CPUs with AVX512-BF16 or AMX; int8 dot products
-on CPUs with VNNI."""
+on CPUs with VNNI.
+
+`ONEDNN_MAX_CPU_ISA` (oneDNN's cap on the instructions torch's kernels use; pair it with ATEN_CPU_CAPABILITY and
+MKL_ENABLE_INSTRUCTIONS) caps the flags reported here too, so a capped run decides as a CPU without them would:
+`ONEDNN_MAX_CPU_ISA=AVX2` behaves as an AVX2-only machine, with no bf16.
+"""
 
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import torch
 
 # The instruction sets the speed of our engines depends on: fp32 (AVX2, FMA, AVX-512), bf16, int8 (VNNI, AMX).
 KNOWN_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+# oneDNN's ISA names, lowest first, with the flags each adds; a cap keeps its own and those below it.
+_ISA_LEVELS = (
+    ("SSE41", ()),
+    ("AVX", ()),
+    ("AVX2", ("avx2", "fma")),
+    ("AVX2_VNNI", ("avx_vnni",)),
+    ("AVX2_VNNI_2", ()),
+    ("AVX512_CORE", ("avx512f",)),
+    ("AVX512_CORE_VNNI", ("avx512_vnni",)),
+    ("AVX512_CORE_BF16", ("avx512_bf16",)),
+)
 
 
 @functools.cache
@@ -21,6 +38,12 @@ def cpu_model_and_flags() -> tuple[str, tuple[str, ...]]:
         lines = []
     model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
     flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    names = [name for name, _ in _ISA_LEVELS]
+    if cap in names:
+        allowed = {flag for _, added in _ISA_LEVELS[: names.index(cap) + 1] for flag in added}
+        flags &= allowed
+        model = f"{model} (capped at {cap})"
     return model, tuple(flag for flag in KNOWN_FLAGS if flag in flags)
 
 

@@ -51,6 +51,7 @@ COMPLETE = "COMPLETE"
 RUN_FILE = "run.json"
 TRAINER_STATE = "trainer_state.json"  # the Trainer's own name: `train(resume_from_checkpoint=...)` reads it
 KEEP = 2
+BEST_OUTPUTS = "best_outputs.safetensors"  # the kept evaluation's head outputs: the bundle's validation predictions
 _OURS = re.compile(r"^(?:step-\d+|\.step-\d+\.tmp-[0-9a-f]{8}|run\.json|\.run\.json\.tmp-[0-9a-f]{8})$")
 
 
@@ -232,6 +233,8 @@ class Checkpoints(TrainerCallback):
             save_file(
                 {k: v.contiguous() for k, v in self.keep_best.weights.items()}, str(staging / "best.safetensors")
             )
+        if self.keep_best.outputs is not None:
+            save_file({"outputs": torch.from_numpy(self.keep_best.outputs)}, str(staging / BEST_OUTPUTS))
         _crash_at("save", self.saves)  # a kill half-way through a write
         if trainer is not None:
             tensors, groups = _optimizer_files(trainer.optimizer)
@@ -259,11 +262,13 @@ class Checkpoints(TrainerCallback):
         device = str(next(model.parameters()).device)
         run = json.loads((checkpoint / RUN_FILE).read_text())
         best = load_file(str(checkpoint / "best.safetensors")) if (checkpoint / "best.safetensors").is_file() else None
+        scored = checkpoint / BEST_OUTPUTS
+        outputs = load_file(str(scored))["outputs"].numpy() if scored.is_file() else None
         if (checkpoint / "ema.safetensors").is_file():
             run["ema"] = load_file(str(checkpoint / "ema.safetensors"), device=device)
         load_model(model, str(checkpoint / "model.safetensors"), strict=True)
         self.history.restore(run["history"], mid_stage=run["mid_stage"])
-        self.keep_best.best, self.keep_best.weights = run["best"], best
+        self.keep_best.best, self.keep_best.weights, self.keep_best.outputs = run["best"], best, outputs
         return run
 
     def resume(

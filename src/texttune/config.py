@@ -67,8 +67,8 @@ class ModelConfig(_Section):
     max_length: int = Field(512, ge=8, description="Tokens per text after truncation.")
     attention: Literal["auto", "eager", "sdpa"] = Field(
         "auto",
-        description="Attention kernels for training. auto: eager on CPU (1.25x faster per step than SDPA on essays "
-        "here, bench/train_throughput.py), the library's default on GPU.",
+        description="Attention kernels. auto: the library's default, SDPA where the encoder has it (faster than "
+        "eager on CPU in training and evaluation, bench/train_throughput.py).",
     )
 
 
@@ -111,7 +111,13 @@ class TrainingConfig(_Section):
 
     epochs: float = Field(3, gt=0)
     batch_size: int = Field(16, ge=1)
-    eval_batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(128, ge=1, description="At most this many texts per evaluation batch.")
+    eval_max_tokens: int = Field(
+        4096,
+        ge=1,
+        description="Padded tokens per evaluation batch (texts x longest): long essays come in small batches, "
+        "short sentences in large ones.",
+    )
     learning_rate: LearningRate = Field(
         5e-5,
         description="Rate of the encoder's top layer; [low, high] is fastai's slice: high for the head, low for "

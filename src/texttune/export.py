@@ -45,6 +45,7 @@ from texttune.config import build_recipe
 from texttune.data import read_table, read_texts
 from texttune.errors import TexttuneError, first_line
 from texttune.models.heads import TextModel
+from texttune.models.registry import attention_kernels
 from texttune.postprocess import PostProcessing
 from texttune.predictor import Predictor
 from texttune.runners import OnnxRunner, TorchRunner
@@ -108,23 +109,6 @@ def _quiet() -> Iterator[None]:
             logger.setLevel(level)
 
 
-@contextlib.contextmanager
-def _eager_attention(model: TextModel) -> Iterator[None]:
-    """Export the eager attention (plain matmuls and softmax): ONNX Runtime ran it 1.45x faster than SDPA's
-    exported graph on essays here (bench/experiments.md), and it computes the same."""
-    backbone = model.backbone
-    before = backbone.config._attn_implementation
-    try:
-        backbone.set_attn_implementation("eager")
-    except (ValueError, AttributeError):  # an encoder without the choice keeps its own
-        before = None
-    try:
-        yield
-    finally:
-        if before is not None:
-            backbone.set_attn_implementation(before)
-
-
 class _Logits(nn.Module):
     """The model with a tensor out: exporters want tensors, not dicts."""
 
@@ -163,7 +147,9 @@ def export_onnx(model: TextModel, sample: dict[str, torch.Tensor], destination: 
     args = tuple(sample[name] for name in names)
     destination.unlink(missing_ok=True)
     try:
-        with _quiet(), _eager_attention(model):
+        # eager attention (plain matmuls and softmax): ONNX Runtime ran it 1.45x faster than SDPA's exported graph
+        # on essays here (bench/experiments.md), and it computes the same
+        with _quiet(), attention_kernels(model.backbone, "eager"):
             if exporter == "dynamo":
                 axes = {name: {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC} for name in names}
                 torch.onnx.export(

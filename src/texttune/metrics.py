@@ -6,7 +6,7 @@ Classification: accuracy, error rate and macro-F1.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.metrics import f1_score
@@ -59,9 +59,16 @@ def best_metric(spec: TaskSpec) -> tuple[str, bool]:
     return ("mcrmse", False) if spec.is_regression else ("accuracy", True)
 
 
-def make_compute_metrics(spec: TaskSpec, postprocess: PostProcessing) -> Callable[[EvalPrediction], dict[str, float]]:
-    def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
-        outputs = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        return task_metrics(outputs, prediction.label_ids, spec, postprocess)
+class Scorer:
+    """The Trainer's `compute_metrics`: metrics of an evaluation's head outputs, which it keeps (`outputs`, in the
+    evaluation set's order) so that the kept evaluation's validation predictions need no second pass."""
 
-    return compute_metrics
+    def __init__(self, spec: TaskSpec, postprocess: PostProcessing) -> None:
+        self.spec = spec
+        self.postprocess = postprocess
+        self.outputs: np.ndarray | None = None
+
+    def __call__(self, prediction: EvalPrediction) -> dict[str, float]:
+        outputs = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        self.outputs = np.asarray(outputs)
+        return task_metrics(self.outputs, prediction.label_ids, self.spec, self.postprocess)

@@ -8,7 +8,7 @@ bundle's `texttune.json` and rebuilt from there, so prediction never re-reads a 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,25 +100,14 @@ class TextPipeline:
         return [{k: encoded[k][i] for k in keys} for i in range(len(texts))]
 
     def batches(self, features: Sequence[Features], max_tokens: int, max_batch: int) -> list[np.ndarray]:
-        """Indices of `features` in batches of similar lengths: sorted by length, each batch as many texts as fit
-        in `max_tokens` padded tokens (texts x padded width), at most `max_batch`, and always at least one.
+        """Indices of `features` in batches of similar lengths: sorted by length, then cut by `budget_batches`.
 
         A budget of tokens, not a count of texts, keeps the work per batch even: 200 short sentences cost what
         10 long essays do.
         """
         lengths = np.fromiter((len(f["input_ids"]) for f in features), dtype=np.int64, count=len(features))
         order = np.argsort(lengths, kind="stable")
-        width = self.collate.width
-        batches, start = [], 0
-        while start < len(order):
-            end = start + 1  # ascending lengths: the newest text sets the batch's padded width
-            while end < len(order) and end - start < max_batch:
-                if (end + 1 - start) * width(int(lengths[order[end]])) > max_tokens:
-                    break
-                end += 1
-            batches.append(order[start:end])
-            start = end
-        return batches
+        return [order[batch] for batch in budget_batches(lengths[order], self.collate.width, max_tokens, max_batch)]
 
     @property
     def collate(self) -> PaddingCollator:
@@ -138,3 +127,22 @@ class TextPipeline:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], tokenizer: Any) -> TextPipeline:
         return cls(tokenizer, **{**data, "text_columns": tuple(data["text_columns"])})
+
+
+def budget_batches(
+    lengths: Sequence[int], width: Callable[[int], int], max_tokens: int, max_batch: int
+) -> list[np.ndarray]:
+    """Positions 0..N-1 cut, in their order, into batches of at most `max_tokens` padded tokens (texts x `width` of
+    the longest) and at most `max_batch` texts, and always at least one. Sorted lengths pad least; the order is kept
+    so that outputs come back in the order of `lengths` (an evaluation's predictions, for instance)."""
+    batches, start = [], 0
+    while start < len(lengths):
+        end, longest = start + 1, int(lengths[start])
+        while end < len(lengths) and end - start < max_batch:
+            widest = max(longest, int(lengths[end]))
+            if (end + 1 - start) * width(widest) > max_tokens:
+                break
+            end, longest = end + 1, widest
+        batches.append(np.arange(start, end))
+        start = end
+    return batches

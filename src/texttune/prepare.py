@@ -16,7 +16,7 @@ from texttune.data import EncodedDataset
 from texttune.metrics import baseline_metrics
 from texttune.models import TextModel, load_backbone
 from texttune.models.registry import check_max_length
-from texttune.pipeline import Features, TextPipeline
+from texttune.pipeline import TextPipeline
 from texttune.postprocess import PostProcessing
 from texttune.task import Examples, TaskSpec, read_examples, split_examples
 
@@ -52,7 +52,7 @@ class Prepared:
     train_set: EncodedDataset
     valid_set: EncodedDataset  # sorted by length: metrics do not depend on order, and sorted batches pad least
     valid: Examples
-    valid_features: list[Features]  # in the order of `valid`
+    valid_order: np.ndarray  # row k of valid_set is row valid_order[k] of `valid`
     baseline: dict[str, float]
 
 
@@ -79,4 +79,4 @@ def prepare(recipe: Recipe, examples: tuple[Examples, Examples] | None = None) -
     postprocess = PostProcessing.for_task(spec, recipe.task.clip_predictions)
     baseline = baseline_metrics(train.labels, valid.labels, spec)
     train_set = EncodedDataset(train_features, train.labels.tolist())
-    return Prepared(recipe, spec, pipeline, postprocess, model, train_set, valid_set, valid, valid_features, baseline)
+    return Prepared(recipe, spec, pipeline, postprocess, model, train_set, valid_set, valid, order, baseline)

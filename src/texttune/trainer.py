@@ -21,6 +21,7 @@ from texttune.checkpoints import Checkpoints, load_optimizer_and_scheduler, load
 from texttune.config import TrainingConfig
 from texttune.data import EncodedDataset, LengthGroupedBatchSampler
 from texttune.history import parse_log
+from texttune.pipeline import PaddingCollator, budget_batches
 from texttune.policy.callbacks import WeightAveraging
 from texttune.policy.param_groups import Rates
 
@@ -60,6 +61,8 @@ class TexttuneTrainer(Trainer):
         schedule: builds the scheduler over that optimizer (one cycle, the LR finder's sweep); None uses
             `args.lr_scheduler_type`.
         group_by_length: batch texts of similar length (shuffled batches), else plain random batches.
+        eval_max_tokens: padded tokens per evaluation batch (at most `args.eval_batch_size` texts); batches keep
+            the evaluation set's order, so sort it by length to pad least.
         weight_averaging: evaluate a moving average of the weights.
         checkpoints: where `control.should_save` writes, and `train(resume_from_checkpoint=...)` reads (see
             `texttune.checkpoints`; the Trainer's own format pickles the optimizer and RNG states).
@@ -73,6 +76,7 @@ class TexttuneTrainer(Trainer):
         rates: Rates,
         schedule: Schedule | None = None,
         group_by_length: bool = True,
+        eval_max_tokens: int = 4096,
         weight_averaging: WeightAveraging | None = None,
         checkpoints: Checkpoints | None = None,
         **kwargs: Any,
@@ -85,6 +89,7 @@ class TexttuneTrainer(Trainer):
         self.rates = rates
         self.schedule = schedule
         self.group_by_length = group_by_length
+        self.eval_max_tokens = eval_max_tokens
         self.weight_averaging = weight_averaging
         self.checkpoints = checkpoints
         if weight_averaging is not None:
@@ -151,6 +156,19 @@ class TexttuneTrainer(Trainer):
         sampler = LengthGroupedBatchSampler(dataset.lengths, self._train_batch_size, seed=self.args.seed)
         loader = DataLoader(
             dataset, batch_sampler=sampler, collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers
+        )
+        return self.accelerator.prepare(loader)
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> DataLoader:
+        """Batches cut by a token budget: a count of 64 long essays builds attention matrices of gigabytes."""
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if not (isinstance(dataset, EncodedDataset) and isinstance(self.data_collator, PaddingCollator)):
+            return super().get_eval_dataloader(eval_dataset)
+        batches = budget_batches(
+            dataset.lengths, self.data_collator.width, self.eval_max_tokens, self.args.eval_batch_size
+        )
+        loader = DataLoader(
+            dataset, batch_sampler=batches, collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers
         )
         return self.accelerator.prepare(loader)
 

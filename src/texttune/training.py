@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from transformers import TrainerCallback
 
 from texttune import plots
@@ -24,7 +25,7 @@ from texttune.config import Recipe, Stage
 from texttune.errors import TexttuneError
 from texttune.fingerprint import fingerprint
 from texttune.history import Entry, History
-from texttune.metrics import best_metric, make_compute_metrics
+from texttune.metrics import Scorer, best_metric
 from texttune.models import create_loss
 from texttune.policy import OneCycle, Rates
 from texttune.policy.callbacks import KeepBest, WeightAveraging
@@ -56,9 +57,10 @@ def stage_trainer(
     scratch: str,
     callbacks: Sequence[TrainerCallback],
     checkpoints: Checkpoints | None = None,
+    scorer: Scorer | None = None,
 ) -> TexttuneTrainer:
     """A Trainer for one stage: its levels unfrozen, a fresh optimizer over them at the stage's rates, and a
-    schedule of its own."""
+    schedule of its own. `scorer` computes its evaluations' metrics (and keeps their outputs for `KeepBest`)."""
     training, model = prepared.recipe.training, prepared.model
     per_epoch = math.ceil(
         math.ceil(len(prepared.train_set) / training.batch_size) / training.gradient_accumulation_steps
@@ -83,11 +85,12 @@ def stage_trainer(
         train_dataset=prepared.train_set,
         eval_dataset=prepared.valid_set,
         data_collator=prepared.pipeline.collate,
-        compute_metrics=make_compute_metrics(prepared.spec, prepared.postprocess),
+        compute_metrics=scorer or Scorer(prepared.spec, prepared.postprocess),
         loss=create_loss(prepared.recipe.task, prepared.spec),
         rates=rates,
         schedule=OneCycle(training.warmup_ratio, training.momentums) if training.scheduler == "one_cycle" else None,
         group_by_length=training.group_by_length,
+        eval_max_tokens=training.eval_max_tokens,
         weight_averaging=WeightAveraging(training.ema_decay) if training.ema_decay else None,
         checkpoints=checkpoints,
         callbacks=[*callbacks, *([checkpoints] if checkpoints else [])],  # it also evaluates after the last step
@@ -96,10 +99,12 @@ def stage_trainer(
 
 @dataclass(frozen=True)
 class Fit:
-    """What training produced besides the weights: the kept evaluation and the run's log."""
+    """What training produced besides the weights: the kept evaluation, its head outputs on the validation set (in
+    the set's order; None where a checkpoint of an older texttune did not keep them) and the run's log."""
 
     metrics: dict[str, float]
     history: History
+    valid_outputs: np.ndarray | None
 
 
 def fit(
@@ -120,7 +125,9 @@ def fit(
     recipe, model = prepared.recipe, prepared.model
     stages = recipe.training.stage_plan()
     metric, greater_is_better = best_metric(prepared.spec)
-    keep_best, history = KeepBest(metric, greater_is_better), History(listeners, [stage.epochs for stage in stages])
+    scorer = Scorer(prepared.spec, prepared.postprocess)
+    keep_best = KeepBest(metric, greater_is_better, scorer)
+    history = History(listeners, [stage.epochs for stage in stages])
     checkpoints, resumed = None, None
     if recipe.training.checkpoints:
         output, minutes = Path(recipe.output.dir), recipe.training.checkpoint_minutes
@@ -133,7 +140,7 @@ def fit(
     with scratch_directory("scratch") as scratch:
         for index in range(first, len(stages)):
             trainer = stage_trainer(
-                prepared, stages[index], index, scratch, [keep_best, history, *callbacks], checkpoints
+                prepared, stages[index], index, scratch, [keep_best, history, *callbacks], checkpoints, scorer
             )
             mid_stage = run is not None and run["mid_stage"] and index == first
             if mid_stage and trainer.weight_averaging is not None:
@@ -144,7 +151,7 @@ def fit(
     keep_best.restore(model)
     model.freeze_to(None)
     kept = next(entry for entry in history.of_kind("eval") if entry.values.get(metric) == keep_best.best)
-    return Fit(kept.to_dict(), history)
+    return Fit(kept.to_dict(), history, keep_best.outputs)
 
 
 def train(
@@ -210,7 +217,11 @@ def _write_bundle(prepared: Prepared, result: Fit, seconds: float) -> None:
         precision="bf16" if use_bf16(recipe.training.precision) else "fp32",
     )
     predictor = Predictor([TorchRunner(prepared.model, runs_in_bf16(info.precision))], prepared.pipeline, info)
-    outputs = predictor.outputs_of(prepared.valid_features)
+    scored = result.valid_outputs
+    if scored is None:  # resumed from a checkpoint without them: one more pass over the validation set
+        scored = predictor.outputs_of(prepared.valid_set.features)
+    outputs = np.empty_like(scored)
+    outputs[prepared.valid_order] = scored  # back to the order of the validation rows
     report = {
         "valid": result.metrics,
         "baseline": prepared.baseline,

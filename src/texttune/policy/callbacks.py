@@ -5,13 +5,17 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import TrainerCallback
 
 from texttune.errors import TexttuneError
+
+if TYPE_CHECKING:
+    from texttune.metrics import Scorer
 
 
 class WeightAveraging(TrainerCallback):
@@ -73,13 +77,17 @@ class KeepBest(TrainerCallback):
     Args:
         metric: key of the metric, without the `eval_` prefix.
         greater_is_better: direction of the metric.
+        scorer: the evaluation's `compute_metrics` (`texttune.metrics.Scorer`); its outputs at the best evaluation
+            are kept too (`outputs`), so the bundle's validation predictions are the ones that were scored.
     """
 
-    def __init__(self, metric: str, greater_is_better: bool) -> None:
+    def __init__(self, metric: str, greater_is_better: bool, scorer: Scorer | None = None) -> None:
         self.metric = metric
         self.greater_is_better = greater_is_better
+        self.scorer = scorer
         self.best: float | None = None
         self.weights: dict[str, torch.Tensor] | None = None
+        self.outputs: np.ndarray | None = None
 
     def _improves(self, value: float) -> bool:
         if not math.isfinite(value):
@@ -95,6 +103,7 @@ class KeepBest(TrainerCallback):
         if value is not None and self._improves(float(value)):
             self.best = float(value)
             self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            self.outputs = None if self.scorer is None else self.scorer.outputs
 
     def restore(self, model: nn.Module) -> None:
         """Load the best weights into `model`; raises if no evaluation produced a finite metric."""

@@ -4,7 +4,7 @@ Contenders, each measured in a fresh subprocess (so peak RSS is per measurement)
 - seed: the seed recipe the plain way: a Dataset that tokenizes in `__getitem__` with padding="max_length" (512),
   fp32, random batches, AutoModelForSequenceClassification;
 - trainer: a well-configured plain Trainer: `datasets.map` tokenization once, `DataCollatorWithPadding`,
-  `group_by_length=True`, bf16 where this CPU has it natively, else fp32;
+  `group_by_length=True`, bf16 where this CPU has it natively, else fp32, and the recipe's encoder dropout;
 - texttune: `texttune.training.prepare` + `fit`, the default path of `texttune train`, under the allocator the
   `texttune` command uses (tcmalloc when installed, see texttune/_malloc.py).
 Each is timed training (optimizer steps) and evaluating (one full pass over --eval-rows validation rows, with each
@@ -189,15 +189,22 @@ def evaluate_texttune(workload: str, rows: int, overrides: Sequence[str] = ()) -
         return {"eval_samples_per_s": rows / (time.perf_counter() - started)}
 
 
-def _plain_model(workload: str) -> Any:
-    from transformers import AutoModelForSequenceClassification
+def _plain_model(workload: str, kind: str) -> Any:
+    """The encoder with the library's classification head. The well-configured Trainer gets the recipe's encoder
+    dropout (0 on essays: it also lets SDPA take its fused kernel), so that the ratio measures the engine, not the
+    recipe; the seed recipe keeps the checkpoint's."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    from texttune.config import load_recipe
     from texttune.models.registry import resolve_backbone
 
     location = resolve_backbone("minilm")
-    if workload == "ellipse":
-        return AutoModelForSequenceClassification.from_pretrained(location, num_labels=6, problem_type="regression")
-    return AutoModelForSequenceClassification.from_pretrained(location, num_labels=5)
+    labels = {"num_labels": 6, "problem_type": "regression"} if workload == "ellipse" else {"num_labels": 5}
+    config = AutoConfig.from_pretrained(location, **labels)
+    dropout = load_recipe(ROOT / WORKLOADS[workload]["recipe"]).model.backbone_dropout
+    if kind == "trainer" and dropout is not None:
+        config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
+    return AutoModelForSequenceClassification.from_pretrained(location, config=config)
 
 
 def _plain_trainer(workload: str, kind: str, steps: int, scratch: str, train: Any, callbacks: list) -> Any:
@@ -215,7 +222,7 @@ def _plain_trainer(workload: str, kind: str, steps: int, scratch: str, train: An
         train_sampling_strategy="group_by_length" if well else "random",  # transformers 5's group_by_length=True
     )  # fmt: skip
     collator = DataCollatorWithPadding(AutoTokenizer.from_pretrained(resolve_backbone("minilm"))) if well else None
-    return Trainer(model=_plain_model(workload), args=args, train_dataset=train, data_collator=collator,
+    return Trainer(model=_plain_model(workload, kind), args=args, train_dataset=train, data_collator=collator,
                    callbacks=callbacks)  # fmt: skip
 
 

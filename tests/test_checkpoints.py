@@ -224,3 +224,15 @@ def test_a_checkpoints_folder_of_another_tool_is_left_alone(write_recipe, tmp_pa
     assert main(["-q", "train", str(path)]) == 2
     assert "exists and is not a texttune bundle" in capsys.readouterr().err
     assert (output / ".checkpoints" / "step-3" / "weights.ckpt").read_text() == "someone else's"
+
+
+def test_evaluation_batching_does_not_make_checkpoints_foreign(write_recipe) -> None:
+    """Checkpoints of a texttune whose evaluations were batched otherwise (64 texts, no token budget) still resume."""
+    from texttune.fingerprint import changes, fingerprint
+
+    new = fingerprint(load_recipe(write_recipe("regression")))
+    old = {**new, "settings": {k: v for k, v in new["settings"].items() if k != "training.eval_max_tokens"}}
+    old["settings"]["training.eval_batch_size"] = 64
+    assert changes(old, new) == []
+    old["settings"]["training.batch_size"] = 4
+    assert changes(old, new) == ["training.batch_size"]

@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from tests.conftest import recompute_valid_metrics
 from texttune import Predictor, load_recipe, train
 from texttune.cli.main import main
+from texttune.models import create_loss
 
 
 @pytest.fixture(scope="module")
@@ -184,5 +186,11 @@ def test_validation_predictions_are_the_kept_evaluations_own(write_recipe, monke
     scored = regression_metrics(saved[[f"pred_{t}" for t in targets]].to_numpy(), saved[targets].to_numpy(), targets)
     assert scored["mcrmse"] == pytest.approx(result.metrics["mcrmse"], abs=1e-6)  # what was scored is what is saved
     assert len(json.loads((result.bundle / "metrics.json").read_text())["history"]) == 8  # 4 epochs x 2
+    # the reported loss is the loss over the whole set, whatever the evaluation batches were
+    whole = create_loss(recipe.task, Predictor.load(result.bundle).task)(
+        torch.as_tensor(saved[[f"raw_{t}" for t in targets]].to_numpy(np.float32)),
+        torch.as_tensor(saved[targets].to_numpy(np.float32)),
+    )
+    assert float(whole) == pytest.approx(result.metrics["loss"], abs=1e-5)
     _, outputs, _ = recompute_valid_metrics(recipe, result.bundle)  # and the bundle predicts it again
     np.testing.assert_allclose(saved[[f"raw_{t}" for t in targets]].to_numpy(), outputs, atol=1e-5)

@@ -16,7 +16,8 @@ import torch
 
 # The instruction sets the speed of our engines depends on: fp32 (AVX2, FMA, AVX-512), bf16, int8 (VNNI, AMX).
 KNOWN_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-# oneDNN's ISA names, lowest first, with the flags each adds; a cap keeps its own and those below it.
+# oneDNN's ISA names, lowest first, with the flags each adds; a cap keeps its own and those below it. ALL (or
+# none) is no cap; a name not listed here is treated as no cap too, as oneDNN ignores names it does not know.
 _ISA_LEVELS = (
     ("SSE41", ()),
     ("AVX", ()),
@@ -26,6 +27,9 @@ _ISA_LEVELS = (
     ("AVX512_CORE", ("avx512f",)),
     ("AVX512_CORE_VNNI", ("avx512_vnni",)),
     ("AVX512_CORE_BF16", ("avx512_bf16",)),
+    ("AVX512_CORE_FP16", ()),
+    ("AVX10_1_512", ()),
+    ("AVX512_CORE_AMX", ("amx_bf16", "amx_int8")),
 )
 
 

@@ -12,9 +12,15 @@ from typing import Any
 from texttune._io import sha256_of
 from texttune.config import Recipe
 
-# Settings that do not change what is learned: where it goes, what records it, how often it is saved.
+# Settings that do not change what is learned: where it goes, what records it, how often it is saved, how the
+# evaluations are batched.
 _IGNORED = {"output", "tracking"}
-_IGNORED_KEYS = {"training.checkpoints", "training.checkpoint_minutes"}
+_IGNORED_KEYS = {
+    "training.checkpoints",
+    "training.checkpoint_minutes",
+    "training.eval_batch_size",
+    "training.eval_max_tokens",
+}
 
 
 def _digest(path: Path) -> str:

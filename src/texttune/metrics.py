@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from sklearn.metrics import f1_score
+from torch import nn
 from transformers import EvalPrediction
 
 from texttune.postprocess import PostProcessing
@@ -61,14 +63,24 @@ def best_metric(spec: TaskSpec) -> tuple[str, bool]:
 
 class Scorer:
     """The Trainer's `compute_metrics`: metrics of an evaluation's head outputs, which it keeps (`outputs`, in the
-    evaluation set's order) so that the kept evaluation's validation predictions need no second pass."""
+    evaluation set's order) so that the kept evaluation's validation predictions need no second pass.
 
-    def __init__(self, spec: TaskSpec, postprocess: PostProcessing) -> None:
+    With `loss` (the training loss module) it also reports that loss over the whole set at once: the Trainer's own
+    `eval_loss` weighs every batch as if it held `eval_batch_size` texts, and token-budget batches do not.
+    """
+
+    def __init__(self, spec: TaskSpec, postprocess: PostProcessing, loss: nn.Module | None = None) -> None:
         self.spec = spec
         self.postprocess = postprocess
+        self.loss = loss
         self.outputs: np.ndarray | None = None
 
     def __call__(self, prediction: EvalPrediction) -> dict[str, float]:
         outputs = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         self.outputs = np.asarray(outputs)
-        return task_metrics(self.outputs, prediction.label_ids, self.spec, self.postprocess)
+        metrics = task_metrics(self.outputs, prediction.label_ids, self.spec, self.postprocess)
+        if self.loss is not None:
+            with torch.no_grad():
+                labels = torch.as_tensor(prediction.label_ids)
+                metrics["loss"] = float(self.loss(torch.as_tensor(self.outputs), labels))  # replaces eval_loss
+        return metrics

@@ -85,7 +85,7 @@ def stage_trainer(
         train_dataset=prepared.train_set,
         eval_dataset=prepared.valid_set,
         data_collator=prepared.pipeline.collate,
-        compute_metrics=scorer or Scorer(prepared.spec, prepared.postprocess),
+        compute_metrics=scorer or scorer_of(prepared),
         loss=create_loss(prepared.recipe.task, prepared.spec),
         rates=rates,
         schedule=OneCycle(training.warmup_ratio, training.momentums) if training.scheduler == "one_cycle" else None,
@@ -95,6 +95,11 @@ def stage_trainer(
         checkpoints=checkpoints,
         callbacks=[*callbacks, *([checkpoints] if checkpoints else [])],  # it also evaluates after the last step
     )
+
+
+def scorer_of(prepared: Prepared) -> Scorer:
+    """The evaluations' metrics, and their loss over the whole validation set."""
+    return Scorer(prepared.spec, prepared.postprocess, create_loss(prepared.recipe.task, prepared.spec))
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,7 @@ def fit(
     recipe, model = prepared.recipe, prepared.model
     stages = recipe.training.stage_plan()
     metric, greater_is_better = best_metric(prepared.spec)
-    scorer = Scorer(prepared.spec, prepared.postprocess)
+    scorer = scorer_of(prepared)
     keep_best = KeepBest(metric, greater_is_better, scorer)
     history = History(listeners, [stage.epochs for stage in stages])
     checkpoints, resumed = None, None

@@ -154,10 +154,7 @@ class TexttuneTrainer(Trainer):
         if not (self.group_by_length and isinstance(dataset, EncodedDataset)):
             return super().get_train_dataloader()
         sampler = LengthGroupedBatchSampler(dataset.lengths, self._train_batch_size, seed=self.args.seed)
-        loader = DataLoader(
-            dataset, batch_sampler=sampler, collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers
-        )
-        return self.accelerator.prepare(loader)
+        return self._batched_loader(dataset, sampler)
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> DataLoader:
         """Batches cut by a token budget: a count of 64 long essays builds attention matrices of gigabytes."""
@@ -167,6 +164,9 @@ class TexttuneTrainer(Trainer):
         batches = budget_batches(
             dataset.lengths, self.data_collator.width, self.eval_max_tokens, self.args.eval_batch_size
         )
+        return self._batched_loader(dataset, batches)
+
+    def _batched_loader(self, dataset: EncodedDataset, batches: Any) -> DataLoader:
         loader = DataLoader(
             dataset, batch_sampler=batches, collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers
         )

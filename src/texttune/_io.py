@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import json
 import os
 import re
 import shutil
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,3 +144,78 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         os.replace(staging, path)
     finally:
         staging.unlink(missing_ok=True)
+
+
+def _host() -> str:
+    return socket.gethostname() or "host"
+
+
+def _holder(text: str) -> str | None:
+    """The live holder a claim's text names, or None when its process was of this machine and is gone."""
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        return None  # claims are linked into place whole: one that does not parse was not written by us
+    if holder.get("host") == _host() and not process_alive(int(holder.get("pid", 0))):
+        return None
+    return f"{holder.get('host')} pid {holder.get('pid')} since {holder.get('since')}"
+
+
+def claim_holder(path: str | Path) -> str | None:
+    """Who holds the claim on `path` ("host pid N since TIME"), or None when nobody does; a claim left by a process
+    of this machine that is gone (killed) counts as nobody's."""
+    try:
+        return _holder(Path(f"{path}.claim").read_text())
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def exclusive_claim(path: str | Path, what: str) -> Iterator[None]:
+    """Hold `path` for this process alone while the block runs (jobs of an array on a shared folder): a file
+    `<path>.claim`, linked into place whole (a hard link is atomic and exclusive, NFS included), names the holder and
+    is removed at the end. A claim of a killed process of this machine is taken over; one of another machine is only
+    reported, since its process cannot be checked from here.
+
+    Raises:
+        TexttuneError: another live process holds the claim (named, with how to clear a stale one).
+    """
+    claim = Path(f"{path}.claim")
+    claim.parent.mkdir(parents=True, exist_ok=True)
+    record = claim.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{claim.name}")
+    record.write_text(json.dumps({"host": _host(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+    try:
+        for _ in range(2):
+            try:
+                os.link(record, claim)  # atomic, fails if the claim exists, and never shows a half-written one
+                break
+            except FileExistsError:
+                with contextlib.suppress(FileNotFoundError):
+                    _take_over(claim, what)
+        else:
+            raise TexttuneError(f"{what}: another job took it over just now (its claim: {claim}); run again later")
+    finally:
+        record.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        claim.unlink(missing_ok=True)
+
+
+def _take_over(claim: Path, what: str) -> None:
+    """Move a dead process's claim aside; a live one (or one that changed meanwhile) is put back and reported."""
+    text = claim.read_text()
+    holder = _holder(text)
+    if holder is not None:
+        raise TexttuneError(
+            f"{what} is being trained by {holder} (its claim: {claim}); if that job is gone, remove the claim file "
+            "and run again"
+        )
+    moved = claim.with_name(f".{claim.name}.old-{uuid.uuid4().hex[:8]}")
+    claim.rename(moved)
+    if moved.read_text() != text:  # another job took the stale claim over between the read and the rename
+        with contextlib.suppress(FileExistsError):
+            os.link(moved, claim)
+        moved.unlink()
+        raise TexttuneError(f"{what}: another job took it over just now (its claim: {claim}); run again later")
+    moved.unlink()

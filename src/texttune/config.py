@@ -185,6 +185,10 @@ class CVConfig(_Section):
         None, description="Rows sharing a value stay in one fold (GroupKFold / StratifiedGroupKFold)."
     )
     bins: int = Field(5, ge=2, description="Regression: quantile bins per target for stratification.")
+    cpus_per_fold: int = Field(
+        1, ge=1, description="--executor ray: the CPUs each fold's task asks for (and the threads it trains with)."
+    )
+    gpus_per_fold: float = Field(0, ge=0, description="--executor ray: the GPUs each fold's task asks for.")
 
 
 class TrackingConfig(_Section):

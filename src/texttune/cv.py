@@ -9,6 +9,7 @@ written atomically, so running the same command again resumes where an interrupt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -22,21 +23,23 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix
 
 from texttune import plots
-from texttune._io import atomic_file, is_staging
+from texttune._io import atomic_file, claim_holder, exclusive_claim, is_staging
 from texttune.bundle import BUNDLE_FILE, ENSEMBLE_FILE, VALID_PREDICTIONS, WEIGHTS_FILE
 from texttune.config import Recipe
 from texttune.data import read_table
+from texttune.distributed import barrier, main_first, processes
 from texttune.errors import TexttuneError
 from texttune.fingerprint import changes, fingerprint
 from texttune.folds import make_folds
 from texttune.metrics import best_metric, classification_metrics, regression_metrics
-from texttune.task import TaskSpec, encode_targets, read_examples
-from texttune.tracking import recipe_params, record_bundle, record_cv, start_run
+from texttune.task import Examples, TaskSpec, encode_targets, read_examples
+from texttune.tracking import TrackedRun, recipe_params, record_bundle, record_cv, start_run
 from texttune.training import train
 
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "cv_run.json"
+EXECUTORS = ("sequential", "ray")
 _OUTPUTS = ("folds.csv", "oof.csv", "cv_report.json", "oof_*.png", ENSEMBLE_FILE, "fold-*")
 
 
@@ -75,10 +78,19 @@ def _claim(run: Path, fingerprint: dict[str, Any], force: bool) -> None:
             f"output.dir {run} exists and is not a texttune cv run (it holds {', '.join(sorted(foreign)[:3])}); "
             "choose another output.dir"
         )
-    for leftover in filter(is_staging, entries):  # staging of writes that were killed
-        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    busy = {claim.name.removesuffix(".claim"): claim_holder(claim.with_suffix("")) for claim in run.glob("*.claim")}
+    busy = {fold: holder for fold, holder in busy.items() if holder}  # folds other jobs are training now
+    if not busy:  # staging of writes that were killed (while a job trains, some may be its own, in progress)
+        for leftover in filter(is_staging, entries):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
     if kept:
         changed = _changes(run, fingerprint)
+        if changed and busy:
+            fold, holder = next(iter(busy.items()))
+            raise TexttuneError(
+                f"{run} holds a cv run of another recipe or data, and {fold} is being trained by {holder}; "
+                "use another output.dir"
+            )
         # a run of ours (it has its marker) that stopped before finishing a fold costs nothing to start over
         cheap = (run / RUN_FILE).is_file() and not any(_is_complete(fold) for fold in run.glob("fold-*"))
         if changed and not cheap and not force:
@@ -95,6 +107,11 @@ def _claim(run: Path, fingerprint: dict[str, Any], force: bool) -> None:
     if not (run / RUN_FILE).is_file():
         with atomic_file(run / RUN_FILE) as staging:
             staging.write_text(json.dumps(fingerprint, indent=2) + "\n")
+
+
+def fold_claim(fold_dir: Path) -> contextlib.AbstractContextManager:
+    """This job's hold on one fold while it trains it: two jobs training the same fold would write over each other."""
+    return exclusive_claim(fold_dir, f"fold {fold_dir.name.removeprefix('fold-')} of {fold_dir.parent}")
 
 
 def _is_complete(fold_dir: Path) -> bool:
@@ -162,8 +179,70 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_cv(recipe: Recipe, force: bool = False) -> CVResult:
+@dataclass(frozen=True)
+class _Plan:
+    """The examples and their folds, as saved in the run directory's folds.csv."""
+
+    examples: Examples
+    folds: np.ndarray
+
+    def fold_examples(self, fold: int) -> tuple[Examples, Examples]:
+        held_out = self.folds == fold
+        return self.examples.subset(~held_out), self.examples.subset(held_out)
+
+
+def _plan(recipe: Recipe, force: bool = False, claim: bool = True) -> _Plan:
+    """Read the data and assign folds; `claim` the run directory (or resume the run there) and save the plan.
+
+    Without `claim` the directory must already hold this recipe's run (`--collect`). A saved plan that differs from
+    the one computed now (another texttune, another machine's library versions) is refused, not overwritten: the
+    folds already trained followed it.
+    """
+    data, run = recipe.data, Path(recipe.output.dir)
+    examples = read_examples(data.train, data, recipe.task, recipe.cv)
+    if data.valid is not None:
+        logger.warning("cv validates every row of data.train once; data.valid (%s) is not used", data.valid)
+    folds = make_folds(examples, recipe.cv, recipe.training.seed)  # bad data stops before the folder is claimed
+    assignment = pd.DataFrame({"row": examples.rows, "fold": folds})
+    if data.id_column:
+        assignment.insert(1, data.id_column, examples.ids)
+    with main_first() as main:
+        if not main:
+            return _Plan(examples, folds)
+        if claim:
+            _claim(run, fingerprint(recipe, cv=True), force)
+        elif not (run / RUN_FILE).is_file() or _changes(run, fingerprint(recipe, cv=True)):
+            raise TexttuneError(
+                f"{run} holds no cv run of this recipe and data; train its folds first (texttune cv RECIPE, or "
+                "texttune cv RECIPE --fold K for each fold)"
+            )
+        saved = run / "folds.csv"
+        if saved.is_file():
+            if not read_table(saved)["fold"].astype(int).tolist() == folds.tolist():
+                raise TexttuneError(
+                    f"{saved}: the saved fold plan differs from the one this texttune computes for the same recipe "
+                    "and data; finish the run with the texttune that started it, or --force to start over"
+                )
+        else:
+            with atomic_file(saved) as staging:
+                assignment.to_csv(staging, index=False)
+    return _Plan(examples, folds)
+
+
+def _missing(run: Path, folds: int) -> list[int]:
+    return [fold for fold in range(folds) if not _is_complete(run / f"fold-{fold}")]
+
+
+def _fold_recipe(recipe: Recipe, fold: int) -> Recipe:
+    fold_dir = Path(recipe.output.dir) / f"fold-{fold}"
+    return recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": fold_dir})})
+
+
+def run_cv(recipe: Recipe, force: bool = False, executor: str = "sequential") -> CVResult:
     """Train `cv.folds` folds of `data.train` into `output.dir`, resuming a run interrupted there.
+
+    `executor` sequential trains the folds one after the other in this process (each fold's tracking run is live);
+    ray runs them as tasks on a local Ray or the cluster in RAY_ADDRESS (`texttune.ray_executor`), then collects.
 
     Raises:
         TexttuneError: bad data or configuration, or `output.dir` holding a run of another recipe (unless force).
@@ -172,44 +251,90 @@ def run_cv(recipe: Recipe, force: bool = False) -> CVResult:
         >>> result = run_cv(load_recipe("examples/ellipse.yaml", ["cv.folds=5"]))
         >>> print(format_report(result.report))
     """
+    if executor not in EXECUTORS:
+        raise TexttuneError(f"executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
     started = time.perf_counter()
-    data, run = recipe.data, Path(recipe.output.dir)
-    examples = read_examples(data.train, data, recipe.task, recipe.cv)
-    spec = examples.task
-    if data.valid is not None:
-        logger.warning("cv validates every row of data.train once; data.valid (%s) is not used", data.valid)
-    folds = make_folds(examples, recipe.cv, recipe.training.seed)  # bad data stops before the folder is claimed
-    _claim(run, fingerprint(recipe, cv=True), force)
-    assignment = pd.DataFrame({"row": examples.rows, "fold": folds})
-    if data.id_column:
-        assignment.insert(1, data.id_column, examples.ids)
-    with atomic_file(run / "folds.csv") as staging:
-        assignment.to_csv(staging, index=False)
+    plan = _plan(recipe, force)
+    if executor == "ray":
+        from texttune.ray_executor import train_folds
+
+        train_folds(recipe, _missing(Path(recipe.output.dir), recipe.cv.folds))
+    return _record(recipe, plan, started, train_missing=executor == "sequential")
+
+
+def train_fold(recipe: Recipe, fold: int) -> Path:
+    """Train one fold of the run in `output.dir` (for a job array: one job per fold, then `collect_cv`), planning
+    the run first if no job has yet. Nothing is recorded in the tracking store here: `collect_cv` records every fold,
+    so workers on other machines never need to reach it. Returns the fold's bundle.
+
+    Raises:
+        TexttuneError: a fold outside 0..K-1, another job training the same fold, or a run of another recipe.
+    """
+    if not 0 <= fold < recipe.cv.folds:
+        raise TexttuneError(
+            f"--fold {fold}: the recipe has cv.folds {recipe.cv.folds}; choose 0..{recipe.cv.folds - 1}"
+        )
+    plan = _plan(recipe)
+    fold_recipe = _fold_recipe(recipe, fold)
+    with fold_claim(fold_recipe.output.dir) if processes().main else contextlib.nullcontext():
+        if _is_complete(fold_recipe.output.dir):
+            logger.info("fold %d: complete already", fold)
+        else:
+            quiet = TrackedRun(None, "fold", "", recipe.tracking)
+            train(fold_recipe, plan.fold_examples(fold), run=quiet)
+    return fold_recipe.output.dir
+
+
+def collect_cv(recipe: Recipe) -> CVResult:
+    """The report, OOF table, plots and ensemble of a run whose folds were trained by separate jobs (`train_fold`),
+    and its tracking records: one cv run with every fold nested in it, as a sequential run records.
+
+    Raises:
+        TexttuneError: no run of this recipe in `output.dir`, or folds still missing (named, with how to train them).
+    """
+    started = time.perf_counter()
+    return _record(recipe, _plan(recipe, claim=False), started, train_missing=False)
+
+
+def _record(recipe: Recipe, plan: _Plan, started: float, train_missing: bool) -> CVResult:
+    """Train the missing folds (if `train_missing`), record every fold and the run, and write its outputs."""
+    run, spec = Path(recipe.output.dir), plan.examples.task
+    missing = _missing(run, recipe.cv.folds)
+    if missing and not train_missing:
+        busy = [f"fold {k} is being trained by {who}" for k in missing if (who := claim_holder(run / f"fold-{k}"))]
+        raise TexttuneError(
+            f"{run}: fold{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} of {recipe.cv.folds} "
+            f"not complete yet{' (' + '; '.join(busy) + ')' if busy else ''}; train each with "
+            "texttune cv RECIPE --fold K, then --collect again"
+        )
     with start_run(recipe, "cv") as tracked:
         tracked.log_params(recipe_params(recipe, spec))
         sources: dict[str, str | None] = {}  # fold -> its registered model version
         for fold in range(recipe.cv.folds):
-            fold_dir = run / f"fold-{fold}"
-            fold_recipe = recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": fold_dir})})
+            fold_recipe = _fold_recipe(recipe, fold)
+            fold_dir = fold_recipe.output.dir
             with tracked.child(fold_dir.name, "fold", {"texttune.fold": str(fold)}) as fold_run:
                 if _is_complete(fold_dir):
-                    logger.info("fold %d: complete, skipped", fold)
+                    logger.info("fold %d: complete, recorded from its bundle", fold)
                     fold_run.log_params(recipe_params(fold_recipe, spec))
                     sources[fold_dir.name] = record_bundle(fold_run, fold_dir, spec, replay=True)
                     continue
                 logger.info("fold %d of %d", fold + 1, recipe.cv.folds)
-                held_out = folds == fold
-                fold_examples = (examples.subset(~held_out), examples.subset(held_out))
-                sources[fold_dir.name] = train(fold_recipe, fold_examples, run=fold_run).model_version
-        report = _finish(run, recipe, spec)
-        version = record_cv(tracked, run, report, spec, sources)
+                with fold_claim(fold_dir) if processes().main else contextlib.nullcontext():
+                    trained = train(fold_recipe, plan.fold_examples(fold), run=fold_run)
+                sources[fold_dir.name] = trained.model_version
+        oof = _fold_predictions(run, recipe.cv.folds, spec, recipe.data.id_column)
+        report = cv_report(oof, spec)
+        version = None
+        if processes().main:
+            _finish(run, recipe, spec, oof, report)
+            version = record_cv(tracked, run, report, spec, sources)
+        barrier()
     return CVResult(run, report, time.perf_counter() - started, version)
 
 
-def _finish(run: Path, recipe: Recipe, spec: TaskSpec) -> dict[str, Any]:
+def _finish(run: Path, recipe: Recipe, spec: TaskSpec, oof: pd.DataFrame, report: dict[str, Any]) -> None:
     """The outputs of a run whose folds are all complete: OOF table, report, plot and ensemble manifest."""
-    oof = _fold_predictions(run, recipe.cv.folds, spec, recipe.data.id_column)
-    report = cv_report(oof, spec)
     with atomic_file(run / "oof.csv") as staging:
         oof.to_csv(staging, index=False)
     with atomic_file(run / "cv_report.json") as staging:
@@ -222,4 +347,3 @@ def _finish(run: Path, recipe: Recipe, spec: TaskSpec) -> dict[str, Any]:
     with atomic_file(run / ENSEMBLE_FILE) as staging:
         manifest = {"format_version": 1, "members": members, "weights": None, "oof": report["oof"]}
         staging.write_text(json.dumps(manifest, indent=2) + "\n")
-    return report

@@ -316,24 +316,38 @@ class EncodedDataset(Dataset):
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):
-    """Batches of similar-length texts, in a random order.
+    """Batches of similar-length texts, in a random order; with several processes, this process's share.
 
     Shuffles, cuts the order into megabatches, sorts each by length and splits it into batches, then shuffles the
     batches too: HF's LengthGroupedSampler leaves them longest-first, which shows as loss spikes (transformers #20810).
+    Under data parallelism each batch is a global one (`batch_size` per process), cut into one slice per process:
+    every process draws the same order, so at each step the processes get texts of similar length (equal step times)
+    and each text goes to one process once per epoch. The last, smaller batch is shared out evenly; only where it
+    has fewer texts than there are processes do some get a text repeated (every process must take a step).
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, megabatch_factor: int = 50) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        seed: int,
+        megabatch_factor: int = 50,
+        rank: int = 0,
+        processes: int = 1,
+    ) -> None:
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.seed = seed
-        self.megabatch = batch_size * megabatch_factor
+        self.rank, self.processes = rank, processes
+        self.global_batch = batch_size * processes
+        self.megabatch = self.global_batch * megabatch_factor
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
+        return -(-len(self.lengths) // self.global_batch)
 
     def __iter__(self) -> Iterator[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -342,6 +356,16 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         batches = []
         for start in range(0, len(order), self.megabatch):
             chunk = sorted(order[start : start + self.megabatch], key=lambda i: -self.lengths[i])
-            batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
+            batches.extend(chunk[i : i + self.global_batch] for i in range(0, len(chunk), self.global_batch))
         for index in torch.randperm(len(batches), generator=generator).tolist():
-            yield batches[index]
+            yield self._share(batches[index])
+
+    def _share(self, batch: list[int]) -> list[int]:
+        """This process's slice of a global batch."""
+        if self.processes == 1:
+            return batch
+        if len(batch) < self.processes:  # too few to go round: wrap
+            return [batch[self.rank % len(batch)]]
+        size, extra = divmod(len(batch), self.processes)
+        start = self.rank * size + min(self.rank, extra)
+        return batch[start : start + size + (self.rank < extra)]

@@ -13,13 +13,15 @@ from texttune._io import sha256_of
 from texttune.config import Recipe
 
 # Settings that do not change what is learned: where it goes, what records it, how often it is saved, how the
-# evaluations are batched.
+# evaluations are batched, where the folds run.
 _IGNORED = {"output", "tracking"}
 _IGNORED_KEYS = {
     "training.checkpoints",
     "training.checkpoint_minutes",
     "training.eval_batch_size",
     "training.eval_max_tokens",
+    "cv.cpus_per_fold",
+    "cv.gpus_per_fold",
 }
 
 

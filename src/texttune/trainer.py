@@ -122,7 +122,7 @@ class TexttuneTrainer(Trainer):
     # Checkpoint I/O: the Trainer has no public hook for it, so its private writers and readers are replaced here,
     # with the same call sites (`_maybe_log_save_evaluate` saves, `train(resume_from_checkpoint=...)` loads).
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        if self.checkpoints is not None:
+        if self.checkpoints is not None and self.args.should_save:  # the main process writes for all
             self.checkpoints.save(self.model, self)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
@@ -153,7 +153,13 @@ class TexttuneTrainer(Trainer):
         dataset = self.train_dataset
         if not (self.group_by_length and isinstance(dataset, EncodedDataset)):
             return super().get_train_dataloader()
-        sampler = LengthGroupedBatchSampler(dataset.lengths, self._train_batch_size, seed=self.args.seed)
+        sampler = LengthGroupedBatchSampler(
+            dataset.lengths,
+            self._train_batch_size,
+            seed=self.args.seed,
+            rank=self.args.process_index,
+            processes=self.args.world_size,
+        )  # with several processes, already this process's share
         return self._batched_loader(dataset, sampler)
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> DataLoader:
@@ -167,10 +173,24 @@ class TexttuneTrainer(Trainer):
         return self._batched_loader(dataset, batches)
 
     def _batched_loader(self, dataset: EncodedDataset, batches: Any) -> DataLoader:
+        """A loader of `batches` as they are: with several processes, training batches are already each process's
+        share, and every process evaluates the whole validation set, so accelerate must not shard them again."""
         loader = DataLoader(
             dataset, batch_sampler=batches, collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers
         )
-        return self.accelerator.prepare(loader)
+        return loader if self.args.world_size > 1 else self.accelerator.prepare(loader)
+
+    def create_accelerator_and_postprocess(self) -> None:
+        """With several processes, evaluation outputs are not gathered: each process evaluated the whole set (the
+        metrics, the kept-best choice and the kept predictions need all of it, in its order), so a gather would
+        repeat every row once per process. Evaluation is forward passes only, with no collective calls."""
+        super().create_accelerator_and_postprocess()
+        if self.args.world_size > 1:
+            self.accelerator.gather_for_metrics = self.gather_function = _already_whole  # the loop resets to it
+
+
+def _already_whole(tensors: Any, use_gather_object: bool = False) -> Any:
+    return tensors
 
 
 def training_arguments(

@@ -22,13 +22,14 @@ from texttune._malloc import retain_freed_memory
 from texttune.bundle import BUNDLE_FILE, VALID_PREDICTIONS, BundleInfo, save_bundle
 from texttune.checkpoints import CHECKPOINTS, Checkpoints, foreign_checkpoints, open_checkpoints
 from texttune.config import Recipe, Stage
+from texttune.distributed import barrier, main_first, processes, start
 from texttune.errors import TexttuneError
 from texttune.fingerprint import fingerprint
 from texttune.history import Entry, History
 from texttune.metrics import Scorer, best_metric
 from texttune.models import create_loss
 from texttune.policy import OneCycle, Rates
-from texttune.policy.callbacks import KeepBest, WeightAveraging
+from texttune.policy.callbacks import KeepBest, WeightAveraging, WeightsInSync
 from texttune.predictor import Predictor
 from texttune.prepare import Prepared, prepare
 from texttune.runners import TorchRunner, runs_in_bf16
@@ -62,10 +63,20 @@ def stage_trainer(
     """A Trainer for one stage: its levels unfrozen, a fresh optimizer over them at the stage's rates, and a
     schedule of its own. `scorer` computes its evaluations' metrics (and keeps their outputs for `KeepBest`)."""
     training, model = prepared.recipe.training, prepared.model
+    job = processes()
+    # steps are counted in global batches: each process takes `batch_size` texts of one (LengthGroupedBatchSampler)
+    global_batch = training.batch_size * job.count * training.gradient_accumulation_steps
     per_epoch = math.ceil(
-        math.ceil(len(prepared.train_set) / training.batch_size) / training.gradient_accumulation_steps
+        math.ceil(len(prepared.train_set) / (training.batch_size * job.count)) / training.gradient_accumulation_steps
     )
     max_steps = max(1, math.ceil(round(per_epoch * stage.epochs, 6)))  # 50 * 1.1 is 55.00000000000001
+    if job.distributed and job.main:
+        logger.info(
+            "stage %d: global batch %d (%d per process x %d processes x %d accumulation): %d steps per epoch, "
+            "%d in all",
+            index + 1, global_batch, training.batch_size, job.count, training.gradient_accumulation_steps,
+            per_epoch, max_steps,
+        )  # fmt: skip
     eval_steps = max(1, math.ceil(per_epoch / training.evals_per_epoch))
     model.freeze_to(None if stage.unfreeze == "all" else stage.unfreeze)
     rates = Rates.of(training, stage.learning_rate)
@@ -93,7 +104,8 @@ def stage_trainer(
         eval_max_tokens=training.eval_max_tokens,
         weight_averaging=WeightAveraging(training.ema_decay) if training.ema_decay else None,
         checkpoints=checkpoints,
-        callbacks=[*callbacks, *([checkpoints] if checkpoints else [])],  # it also evaluates after the last step
+        # the checkpoints also evaluate after the last step
+        callbacks=[*callbacks, *([checkpoints] if checkpoints else []), WeightsInSync(model, index)],
     )
 
 
@@ -136,9 +148,10 @@ def fit(
     checkpoints, resumed = None, None
     if recipe.training.checkpoints:
         output, minutes = Path(recipe.output.dir), recipe.training.checkpoint_minutes
-        checkpoints, candidates = open_checkpoints(
-            output, key or fingerprint(recipe), history, keep_best, minutes, restart
-        )
+        with main_first() as main:  # the main process discards what is stale; then every process reads the same
+            checkpoints, candidates = open_checkpoints(
+                output, key or fingerprint(recipe), history, keep_best, minutes, restart and main
+            )
         resumed = checkpoints.resume(candidates, model, len(stages), use_bf16(recipe.training.precision))
     run = resumed[1] if resumed else None
     first = 0 if run is None else run["stage"] + (0 if run["mid_stage"] else 1)
@@ -151,7 +164,7 @@ def fit(
             if mid_stage and trainer.weight_averaging is not None:
                 trainer.weight_averaging.resume(run["ema"], run["ema_updates"])
             trainer.train(resume_from_checkpoint=str(resumed[0]) if mid_stage else None)
-            if checkpoints is not None:
+            if checkpoints is not None and processes().main:
                 checkpoints.save(model)  # the stage is done: the next one starts from these weights
     keep_best.restore(model)
     model.freeze_to(None)
@@ -180,30 +193,42 @@ def train(
     """
     started = time.perf_counter()
     output = Path(recipe.output.dir)
-    recover_directory(output)  # a bundle write killed half-way is finished or rolled back first
+    job = start()  # one process, or this one's place in a torchrun / accelerate job: only the main one writes
+    if job.main:
+        _check_output(output)
+    if recipe.training.stages and "epochs" in recipe.training.model_fields_set:
+        logger.info(
+            "training.stages replace training.epochs: %g epochs in all", sum(s.epochs for s in recipe.training.stages)
+        )
+    key = fingerprint(recipe, cv=examples is not None) if recipe.training.checkpoints else None  # folds skip valid
+    if key is not None and not restart and job.main:
+        foreign_checkpoints(output, key)  # refused before any work
+    prepared = prepare(recipe, examples)
+    if job.main:
+        check_writable(output, "output.dir")  # now, not after the training
+    with contextlib.nullcontext(run) if run is not None else start_run(recipe, "train") as tracked:
+        tracked.log_params(recipe_params(recipe, prepared.spec))
+        result = fit(prepared, listeners=[log_entry(tracked)] if tracked.active else [], restart=restart, key=key)
+        seconds = time.perf_counter() - started
+        version = None
+        if job.main:
+            _write_bundle(prepared, result, seconds)
+            version = record_bundle(tracked, output, prepared.spec)
+            logger.info("bundle written to %s", output)
+        barrier()  # the others return once the bundle is there
+    return TrainResult(output, result.metrics, prepared.baseline, seconds, version)
+
+
+def _check_output(output: Path) -> None:
+    """Refuse an `output.dir` that is not ours before any work; a bundle write killed half-way is finished or rolled
+    back first."""
+    recover_directory(output)
     resumable = Checkpoints(output, {}).owned() and {p.name for p in output.iterdir()} == {CHECKPOINTS}
     if output.exists() and not (output / BUNDLE_FILE).is_file() and not resumable:
         raise TexttuneError(
             f"output.dir {output} exists and is not a texttune bundle; it would be replaced, so choose another "
             "output.dir or remove it"
         )
-    if recipe.training.stages and "epochs" in recipe.training.model_fields_set:
-        logger.info(
-            "training.stages replace training.epochs: %g epochs in all", sum(s.epochs for s in recipe.training.stages)
-        )
-    key = fingerprint(recipe, cv=examples is not None) if recipe.training.checkpoints else None  # folds skip valid
-    if key is not None and not restart:
-        foreign_checkpoints(output, key)  # refused before any work
-    prepared = prepare(recipe, examples)
-    check_writable(output, "output.dir")  # now, not after the training
-    with contextlib.nullcontext(run) if run is not None else start_run(recipe, "train") as tracked:
-        tracked.log_params(recipe_params(recipe, prepared.spec))
-        result = fit(prepared, listeners=[log_entry(tracked)] if tracked.active else [], restart=restart, key=key)
-        seconds = time.perf_counter() - started
-        _write_bundle(prepared, result, seconds)
-        version = record_bundle(tracked, output, prepared.spec)
-    logger.info("bundle written to %s", output)
-    return TrainResult(output, result.metrics, prepared.baseline, seconds, version)
 
 
 def _write_bundle(prepared: Prepared, result: Fit, seconds: float) -> None:

@@ -1,4 +1,5 @@
-"""`texttune cv RECIPE [--set ...] [--force]`: K-fold cross-validation into `output.dir`, resumable."""
+"""`texttune cv RECIPE [--set ...] [--force] [--fold K | --collect] [--executor ray]`: K-fold cross-validation into
+`output.dir`, resumable, and splittable into one job per fold."""
 
 from __future__ import annotations
 
@@ -16,13 +17,37 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--force", action="store_true", help="discard a run of another recipe in output.dir instead of refusing"
     )
+    split = parser.add_mutually_exclusive_group()
+    split.add_argument(
+        "--fold",
+        type=int,
+        metavar="K",
+        help="train fold K only (0..cv.folds-1), e.g. one job of a Slurm array; then run --collect",
+    )
+    split.add_argument(
+        "--collect", action="store_true", help="once every fold is trained: the report, OOF table, plots and ensemble"
+    )
+    split.add_argument(
+        "--executor",
+        choices=("sequential", "ray"),
+        default="sequential",
+        help="ray: each fold a Ray task on a local Ray or the cluster in RAY_ADDRESS (pip install 'texttune[ray]')",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from texttune.cv import format_report, run_cv
+    from texttune.cv import collect_cv, format_report, run_cv, train_fold
+    from texttune.errors import TexttuneError
 
-    result = run_cv(load_recipe(args.recipe, args.overrides), force=args.force)
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.fold is not None:
+        if args.force:
+            raise TexttuneError("--force discards a run; it cannot go with --fold (other jobs may be training)")
+        bundle = train_fold(recipe, args.fold)
+        print(f"fold {args.fold} is in {bundle}; once every fold is, run: texttune cv {args.recipe} --collect")
+        return 0
+    result = collect_cv(recipe) if args.collect else run_cv(recipe, force=args.force, executor=args.executor)
     report = result.report
     print(format_report(report))
     print(

@@ -11,6 +11,7 @@ import sys
 from texttune import __version__
 from texttune._malloc import reexecute_with_tcmalloc
 from texttune.cli import cv, export, lr_find, predict, runs, serve, train, verify
+from texttune.distributed import processes
 from texttune.errors import TexttuneError
 
 COMMANDS = (train, cv, lr_find, predict, export, serve, runs, verify)
@@ -46,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # a real command, not a call from Python: run under the measured-fastest allocator
         reexecute_with_tcmalloc(sys.argv[1:])
     args = build_parser().parse_args(argv)
-    _configure_logging(args.quiet)
+    others = not processes().main  # the other processes of a torchrun / accelerate job: their main one speaks
+    _configure_logging(args.quiet or others)
+    if others:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     try:
         return args.run(args) or 0
     except TexttuneError as exc:

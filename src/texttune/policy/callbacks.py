@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -12,10 +13,13 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from texttune.distributed import processes, same_on_every_process
 from texttune.errors import TexttuneError
 
 if TYPE_CHECKING:
     from texttune.metrics import Scorer
+
+logger = logging.getLogger(__name__)
 
 
 class WeightAveraging(TrainerCallback):
@@ -113,3 +117,25 @@ class KeepBest(TrainerCallback):
                 "lower training.learning_rate or train longer"
             )
         model.load_state_dict(self.weights)
+
+
+class WeightsInSync(TrainerCallback):
+    """At the end of each stage, check that every process holds the same weights. DDP keeps them so as long as
+    every process trains the same parameters; a stage that froze differently in one process would drift silently."""
+
+    def __init__(self, model: torch.nn.Module, stage: int) -> None:
+        self.model, self.stage = model, stage
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not processes().distributed:
+            return
+        with torch.no_grad():
+            weights = [p.detach().double() for p in self.model.parameters()]
+            checksum = torch.stack([w.sum() for w in weights] + [(w * w).sum() for w in weights]).cpu()
+        if not same_on_every_process(checksum):
+            raise TexttuneError(
+                f"data-parallel: the processes' weights differ after stage {self.stage + 1}; this is a texttune bug, "
+                "please report it with the recipe"
+            )
+        if processes().main:
+            logger.info("stage %d: weights identical in all %d processes", self.stage + 1, processes().count)

@@ -11,7 +11,6 @@ import contextlib
 import importlib
 import logging
 import math
-import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 from texttune.config import Recipe, TrackingConfig
+from texttune.distributed import processes
 from texttune.tracking._mlflow import tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def start_run(recipe: Recipe, kind: str) -> TrackedRun:
         ...     run.log_metrics({"loss": 0.5}, step=1)
     """
     config, name = recipe.tracking, run_name(recipe)
-    if config.backend == "none" or os.environ.get("RANK", "0").strip() not in ("", "0"):  # one per distributed job
+    if config.backend == "none" or not processes().main:  # one run per data-parallel job: the main process's
         return TrackedRun(None, kind, name, config)
     tags = {"texttune.kind": kind, "job_type": config.job_type or kind}
     try:

@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU wheel first: a looser pin would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,ray]'
 	# tcmalloc: training steps 1.16x faster than with glibc's malloc here (bench/allocators.py); texttune preloads
 	# it when present. Best effort (Debian, root); without it texttune falls back to its glibc settings.
 	-[ -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 ] || apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 \

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +159,69 @@ def test_a_run_stopped_by_bad_data_does_not_hold_its_folder(write_recipe, tmp_pa
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "cv_run.json").write_text(json.dumps({"settings": {}, "data_sha256": "old"}))
     assert run_cv(recipe).report["folds"] == 2
+
+
+def _fold_jobs(recipe_path: Path, run: Path, *arguments: str) -> list[str]:
+    return ["-q", "cv", str(recipe_path), "--set", f"output.dir={run}", *arguments]
+
+
+def test_fold_jobs_then_collect_equal_a_sequential_run(write_recipe, tmp_path: Path, capsys) -> None:
+    path = write_recipe("regression", rows=40, training={"epochs": 2}, cv={"folds": 2})
+    sequential = run_cv(load_recipe(path, [f"output.dir={tmp_path / 'sequential'}"]))
+    run = tmp_path / "jobs"
+    assert main(_fold_jobs(path, run, "--fold", "1")) == 0  # in any order, as a job array runs them
+    assert main(_fold_jobs(path, run, "--collect")) == 2
+    assert "fold 0 of 2 not complete yet; train each with texttune cv RECIPE --fold K" in capsys.readouterr().err
+    assert not (run / "cv_report.json").exists()
+    assert main(_fold_jobs(path, run, "--fold", "0")) == 0
+    assert main(_fold_jobs(path, run, "--fold", "2")) == 2
+    assert "--fold 2: the recipe has cv.folds 2; choose 0..1" in capsys.readouterr().err
+    assert main(_fold_jobs(path, run, "--collect")) == 0
+
+    collected = json.loads((run / "cv_report.json").read_text())
+    assert _metrics(collected) == _metrics(sequential.report)
+    pd.testing.assert_frame_equal(pd.read_csv(run / "oof.csv"), pd.read_csv(sequential.run / "oof.csv"))
+    texts = ["good great film", "awful dull plot", "fine"]
+    np.testing.assert_array_equal(
+        Predictor.load(run).predict_outputs(texts), Predictor.load(sequential.run).predict_outputs(texts)
+    )
+    assert not list(run.glob("*.claim")) and not list(run.glob(".*"))
+
+
+def test_a_fold_another_job_holds_is_refused_and_a_race_leaves_it_intact(write_recipe, tmp_path: Path, capsys):
+    path = write_recipe("regression", rows=40, training={"epochs": 1}, cv={"folds": 2})
+    run = tmp_path / "run"
+    from texttune._io import exclusive_claim
+
+    with exclusive_claim(run / "fold-0", "fold 0"):  # a live job of this machine (this process) holds it
+        assert main(_fold_jobs(path, run, "--fold", "0")) == 2
+        holder = f"is being trained by {socket.gethostname()} pid {os.getpid()}"
+        assert f"fold 0 of {run} {holder}" in capsys.readouterr().err
+        assert main(_fold_jobs(path, run, "--collect")) == 2
+        assert f"fold 0 {holder}" in capsys.readouterr().err
+    assert not (run / "fold-0").exists()
+
+    # a claim left by a killed job of this machine is taken over
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    claim = {"host": socket.gethostname(), "pid": int(dead.stdout), "since": "earlier"}
+    (run / "fold-1.claim").write_text(json.dumps(claim))
+    assert main(_fold_jobs(path, run, "--fold", "1")) == 0
+    # one of another machine cannot be checked from here: refused, with how to clear it
+    (run / "fold-0.claim").write_text(json.dumps({**claim, "host": "elsewhere", "pid": 1}))
+    assert main(_fold_jobs(path, run, "--fold", "0")) == 2
+    assert "being trained by elsewhere pid 1 since earlier" in capsys.readouterr().err
+    (run / "fold-0.claim").unlink()
+
+    # two jobs racing on one fold: one trains it, the other says it is taken (or finds it complete)
+    command = [sys.executable, "-m", "texttune", *_fold_jobs(path, run, "--fold", "0")]
+    racers = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=tmp_path) for _ in range(2)]
+    outcomes = [(racer.wait(timeout=300), racer.stderr.read()) for racer in racers]
+    assert 0 in [code for code, _ in outcomes]
+    for code, err in outcomes:
+        assert code == 0 or (code == 2 and "is being trained by" in err), err
+    assert main(_fold_jobs(path, run, "--collect")) == 0
+    reference = tmp_path / "reference"  # the same fold trained alone, by the same command
+    alone = [sys.executable, "-m", "texttune", *_fold_jobs(path, reference, "--fold", "0")]
+    assert subprocess.run(alone, capture_output=True, cwd=tmp_path, timeout=300).returncode == 0
+    for name in ("valid_predictions.csv", "model.safetensors"):
+        assert (run / "fold-0" / name).read_bytes() == (reference / "fold-0" / name).read_bytes(), name

@@ -83,7 +83,7 @@ def _claim(run: Path, fingerprint: dict[str, Any], force: bool) -> None:
     if not busy:  # staging of writes that were killed (while a job trains, some may be its own, in progress)
         for leftover in filter(is_staging, entries):
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
-    if kept:
+    if any(not entry.name.endswith(".claim") for entry in kept):  # a run is there (claims alone are not one)
         changed = _changes(run, fingerprint)
         if changed and busy:
             fold, holder = next(iter(busy.items()))

@@ -43,7 +43,11 @@ def _fold_task(recipe: Recipe, fold: int) -> str:
 
     from texttune.cv import RUN_FILE, train_fold
 
+    import transformers
+
     logging.basicConfig(level=logging.INFO, format=f"[fold {fold}] %(message)s")
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     torch.set_num_threads(recipe.cv.cpus_per_fold)
     run = recipe.output.dir
     if not (run / RUN_FILE).is_file():
@@ -87,7 +91,7 @@ def train_folds(recipe: Recipe, folds: list[int]) -> None:
         )
         pending = {fold: task.remote(recipe, fold) for fold in folds}
         logger.info(
-            "ray: %d folds submitted (%s CPU, %s GPU each)",
+            "ray: %d folds submitted (%d CPU, %g GPU each)",
             len(folds),
             recipe.cv.cpus_per_fold,
             recipe.cv.gpus_per_fold,

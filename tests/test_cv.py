@@ -225,3 +225,11 @@ def test_a_fold_another_job_holds_is_refused_and_a_race_leaves_it_intact(write_r
     assert subprocess.run(alone, capture_output=True, cwd=tmp_path, timeout=300).returncode == 0
     for name in ("valid_predictions.csv", "model.safetensors"):
         assert (run / "fold-0" / name).read_bytes() == (reference / "fold-0" / name).read_bytes(), name
+
+
+def test_force_goes_with_neither_fold_nor_collect(write_recipe, tmp_path: Path, capsys) -> None:
+    path = write_recipe("regression", rows=30, cv={"folds": 2})
+    for split in (["--fold", "0"], ["--collect"]):
+        assert main(_fold_jobs(path, tmp_path / "run", *split, "--force")) == 2
+        assert "--force discards a run; it goes with neither --fold nor --collect" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

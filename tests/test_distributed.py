@@ -107,3 +107,13 @@ def test_torchrun_two_processes_train_one_bundle(tmp_path: Path, tiny_backbone: 
     assert report["valid_rows"] == len(valid.rows) == 16
     for name, value in recomputed.items():
         assert report["valid"][name] == pytest.approx(value, abs=1e-5), name
+
+
+def test_lr_find_refuses_several_processes(write_recipe, monkeypatch, capsys) -> None:
+    from texttune.cli.main import main
+
+    path = write_recipe("classification", rows=30)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["lr-find", str(path)]) == 2
+    assert "lr-find runs in one process: run it without torchrun or accelerate launch" in capsys.readouterr().err

@@ -18,6 +18,7 @@ import numpy as np
 from texttune import plots
 from texttune._io import atomic_file, scratch_directory
 from texttune.config import Recipe
+from texttune.distributed import processes
 from texttune.errors import TexttuneError
 from texttune.models import create_loss
 from texttune.policy import ExponentialSweep, Rates
@@ -60,6 +61,8 @@ def lr_find(
     """
     if not 0 < start < end:
         raise TexttuneError(f"lr-find: need 0 < start < end (got start={start}, end={end})")
+    if processes().distributed:  # each process would stop the sweep on its own loss, and wait for the others forever
+        raise TexttuneError("lr-find runs in one process: run it without torchrun or accelerate launch")
     prepared = prepare(recipe)
     training = recipe.training
     rates = Rates.of(training)

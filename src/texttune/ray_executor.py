@@ -40,10 +40,9 @@ def _fold_task(recipe: Recipe, fold: int) -> str:
     import socket
 
     import torch
+    import transformers
 
     from texttune.cv import RUN_FILE, train_fold
-
-    import transformers
 
     logging.basicConfig(level=logging.INFO, format=f"[fold {fold}] %(message)s")
     transformers.logging.set_verbosity_error()

@@ -41,9 +41,9 @@ def run(args: argparse.Namespace) -> int:
     from texttune.errors import TexttuneError
 
     recipe = load_recipe(args.recipe, args.overrides)
+    if args.force and (args.fold is not None or args.collect):
+        raise TexttuneError("--force discards a run; it goes with neither --fold nor --collect (other jobs' folds)")
     if args.fold is not None:
-        if args.force:
-            raise TexttuneError("--force discards a run; it cannot go with --fold (other jobs may be training)")
         bundle = train_fold(recipe, args.fold)
         print(f"fold {args.fold} is in {bundle}; once every fold is, run: texttune cv {args.recipe} --collect")
         return 0

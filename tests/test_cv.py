@@ -233,3 +233,34 @@ def test_force_goes_with_neither_fold_nor_collect(write_recipe, tmp_path: Path, 
         assert main(_fold_jobs(path, tmp_path / "run", *split, "--force")) == 2
         assert "--force discards a run; it goes with neither --fold nor --collect" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_post_processing_fitted_on_oof_is_reported_stored_and_applied_unless_raw(write_recipe, tmp_path: Path, capsys):
+    from texttune.postprocess import PostProcessing, Temperature, softmax
+
+    recipe = _recipe(write_recipe, tmp_path, "run")
+    result = run_cv(recipe)
+    fitted = result.report["postprocess"]
+    assert set(fitted["before"]) == set(fitted["cross_fitted"]) == {"warmth", "gloom"}
+    manifest = json.loads((result.run / "texttune-ensemble.json").read_text())
+    assert manifest["postprocess"] == fitted["steps"]
+    texts = ["good great film", "awful dull plot", "fine"]
+    raw, fitted_predictor = Predictor.load(result.run, raw=True), Predictor.load(result.run)
+    outputs = raw.predict_outputs(texts)
+    steps = PostProcessing.from_list(fitted["steps"]).steps
+    np.testing.assert_allclose(fitted_predictor.predict(texts), raw.info.postprocess.with_fitted(steps).apply(outputs))
+
+    # a temperature goes before softmax, and `predict --raw` leaves it out
+    classes = load_recipe(write_recipe("classification", rows=40, training={"epochs": 1}, cv={"folds": 2}))
+    run = run_cv(classes.model_copy(update={"output": classes.output.model_copy(update={"dir": tmp_path / "c"})})).run
+    manifest = json.loads((run / "texttune-ensemble.json").read_text())
+    manifest["postprocess"] = PostProcessing((Temperature(2.0),)).to_list()
+    (run / "texttune-ensemble.json").write_text(json.dumps(manifest))
+    outputs = Predictor.load(run, raw=True).predict_outputs(texts)
+    probabilities = Predictor.load(run).predict(texts).filter(like="prob_").to_numpy()
+    np.testing.assert_allclose(probabilities, softmax(outputs / 2.0), rtol=1e-6)
+    for flags, expected in (([], softmax(outputs / 2.0)), (["--raw"], softmax(outputs))):
+        capsys.readouterr()
+        assert main(["-q", "predict", str(run), "--text", texts[0], *flags]) == 0
+        shown = json.loads(capsys.readouterr().out)["probabilities"]
+        np.testing.assert_allclose(list(shown.values()), expected[0], rtol=1e-5)

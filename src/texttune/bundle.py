@@ -447,13 +447,15 @@ def ensemble_members(path: Path) -> list[str]:
     return members
 
 
-def load_ensemble(path: str | Path, model: bool = True) -> tuple[list[Bundle], BundleInfo, list[float] | None]:
+def load_ensemble(
+    path: str | Path, model: bool = True, raw: bool = False
+) -> tuple[list[Bundle], BundleInfo, list[float] | None]:
     """A cv run directory: the fold bundles its manifest names, their merged description, and the manifest's
     weights.
 
     The members must read texts the same way (backbone and text pipeline) and predict the same outputs, so each
     text is tokenized once for all of them. Their post-processing is merged (regression outputs are clipped to the
-    union of the folds' ranges).
+    union of the folds' ranges), then the steps the cv fitted on out-of-fold outputs are added, unless `raw`.
 
     Raises:
         TexttuneError: a member is missing or incomplete, or the members disagree.
@@ -472,7 +474,10 @@ def load_ensemble(path: str | Path, model: bool = True) -> tuple[list[Bundle], B
                 f"{path}: {member} differs from {members[0]} in backbone, text pipeline or outputs; "
                 "an ensemble needs folds of one recipe"
             )
+    manifest = json.loads((path / ENSEMBLE_FILE).read_text())
     postprocess = PostProcessing.ensemble([bundle.info.postprocess for bundle in bundles])
-    weights = json.loads((path / ENSEMBLE_FILE).read_text()).get("weights")
+    if not raw:
+        postprocess = postprocess.with_fitted(PostProcessing.from_list(manifest.get("postprocess") or []).steps)
+    weights = manifest.get("weights")
     normalized_weights(weights, len(bundles))  # refused here, not at the first prediction
     return bundles, dataclasses.replace(bundles[0].info, postprocess=postprocess), weights

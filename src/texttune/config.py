@@ -189,6 +189,11 @@ class CVConfig(_Section):
         1, ge=1, description="--executor ray: the CPUs each fold's task asks for (and the threads it trains with)."
     )
     gpus_per_fold: float = Field(0, ge=0, description="--executor ray: the GPUs each fold's task asks for.")
+    postprocess: bool = Field(
+        True,
+        description="Fit post-processing on the out-of-fold predictions (a temperature for classes; snapping to "
+        "the targets' grid for scores), each step kept only where it helps rows it was not fitted on.",
+    )
 
 
 class TrackingConfig(_Section):

@@ -24,7 +24,7 @@ from sklearn.metrics import confusion_matrix
 
 from texttune import plots
 from texttune._io import atomic_file, claim_holder, exclusive_claim, is_staging
-from texttune.bundle import BUNDLE_FILE, ENSEMBLE_FILE, VALID_PREDICTIONS, WEIGHTS_FILE
+from texttune.bundle import BUNDLE_FILE, ENSEMBLE_FILE, VALID_PREDICTIONS, WEIGHTS_FILE, load_bundle
 from texttune.config import Recipe
 from texttune.data import read_table
 from texttune.distributed import barrier, main_first, processes
@@ -32,6 +32,7 @@ from texttune.errors import TexttuneError
 from texttune.fingerprint import changes, fingerprint
 from texttune.folds import make_folds
 from texttune.metrics import best_metric, classification_metrics, regression_metrics
+from texttune.postprocess import PostProcessing, fit_on_oof
 from texttune.task import Examples, TaskSpec, encode_targets, read_examples
 from texttune.tracking import TrackedRun, recipe_params, record_bundle, record_cv, start_run
 from texttune.training import train
@@ -176,6 +177,11 @@ def format_report(report: dict[str, Any]) -> str:
     for fold in report["per_fold"]:
         lines.append(f"{fold['fold']:>6} {fold['rows']:>6} " + " ".join(f"{fold[n]:>12.4f}" for n in names))
     lines.append(f"{'OOF':>6} {report['rows']:>6} " + " ".join(f"{report['oof'][n]:>12.4f}" for n in names))
+    fitted = report.get("postprocess")
+    if fitted:
+        kept = ", ".join(step["name"] for step in fitted["steps"]) or "nothing kept"
+        changes = "; ".join(f"{n} {fitted['before'][n]:.4f} -> {v:.4f}" for n, v in fitted["cross_fitted"].items())
+        lines.append(f"post-processing fitted on OOF: {kept} (cross-fitted {changes})")
     return "\n".join(lines)
 
 
@@ -325,12 +331,41 @@ def _record(recipe: Recipe, plan: _Plan, started: float, train_missing: bool) ->
                 sources[fold_dir.name] = trained.model_version
         oof = _fold_predictions(run, recipe.cv.folds, spec, recipe.data.id_column)
         report = cv_report(oof, spec)
+        fitted = _fit_postprocess(run, recipe, spec, oof) if recipe.cv.postprocess else None
+        if fitted is not None:
+            report["postprocess"] = fitted
         version = None
         if processes().main:
             _finish(run, recipe, spec, oof, report)
             version = record_cv(tracked, run, report, spec, sources)
         barrier()
     return CVResult(run, report, time.perf_counter() - started, version)
+
+
+def _fit_postprocess(run: Path, recipe: Recipe, spec: TaskSpec, oof: pd.DataFrame) -> dict[str, Any] | None:
+    """Post-processing fitted on the out-of-fold head outputs (`postprocess.fit_on_oof`), for the ensemble's
+    manifest and the report: the steps kept, and the OOF metric before and cross-fitted after, per target or
+    log-loss. None where the OOF table has no raw outputs (folds of an older texttune)."""
+    names = spec.target_columns if spec.is_regression else spec.labels
+    raw = [f"raw_{name}" for name in names]
+    if not set(raw) <= set(oof.columns):
+        return None
+    targets = oof[list(spec.target_columns)].to_numpy(dtype=float) if spec.is_regression else encode_targets(oof, spec)
+    base = PostProcessing.ensemble(
+        [load_bundle(run / f"fold-{k}", model=False).info.postprocess for k in range(recipe.cv.folds)]
+    )
+    fitted = fit_on_oof(oof[raw].to_numpy(dtype=float), targets, oof["fold"].to_numpy(), spec, base)
+    steps = PostProcessing(fitted.steps)
+    logger.info(
+        "post-processing fitted on the OOF predictions: %s (before %s; cross-fitted %s)",
+        ", ".join(step.name for step in fitted.steps) or "nothing kept",
+        _figures(fitted.before), _figures(fitted.cross_fitted),
+    )  # fmt: skip
+    return {"steps": steps.to_list(), "before": fitted.before, "cross_fitted": fitted.cross_fitted}
+
+
+def _figures(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
 
 
 def _finish(run: Path, recipe: Recipe, spec: TaskSpec, oof: pd.DataFrame, report: dict[str, Any]) -> None:
@@ -346,4 +381,5 @@ def _finish(run: Path, recipe: Recipe, spec: TaskSpec, oof: pd.DataFrame, report
     members = [f"fold-{fold}" for fold in range(recipe.cv.folds)]
     with atomic_file(run / ENSEMBLE_FILE) as staging:
         manifest = {"format_version": 1, "members": members, "weights": None, "oof": report["oof"]}
+        manifest["postprocess"] = report.get("postprocess", {}).get("steps", [])
         staging.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -22,6 +22,7 @@ _IGNORED_KEYS = {
     "training.eval_max_tokens",
     "cv.cpus_per_fold",
     "cv.gpus_per_fold",
+    "cv.postprocess",  # fitted after the folds, from their predictions
 }
 
 

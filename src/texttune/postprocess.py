@@ -67,8 +67,101 @@ class Clip:
         )
 
 
-Step = Softmax | Clip
-STEPS: dict[str, type] = {step.name: step for step in (Softmax, Clip)}
+def grid_step(values: np.ndarray, places: int = 6) -> float | None:
+    """The step of the grid that `values` lie on (0.5 for scores of 1.0, 1.5, ..., 5.0), or None when they do not
+    lie on one: fewer than 3 distinct values, or any value off the grid of the smallest gap."""
+    distinct = np.unique(np.round(np.asarray(values, dtype=np.float64), places))
+    if len(distinct) < 3:
+        return None
+    step = float(np.diff(distinct).min())
+    positions = (distinct - distinct[0]) / step
+    return step if np.allclose(positions, np.round(positions), atol=1e-6) else None
+
+
+_WEIGHTS = np.linspace(0, 1, 11)  # the partial-snapping weights tried: 0 (as predicted) ... 1 (rounded to the grid)
+
+
+@dataclass(frozen=True)
+class Snap:
+    """Scores (N, T) pulled toward the nearest point of their target's grid: (1 - w) x + w round(x), per target.
+
+    ELLIPSE's scores step by 0.5; a prediction of 3.4 is nearer the truth as 3.5 only when the model is confident
+    enough, so `fit` chooses w per target (0, 0.1, ..., 1) by RMSE on the rows it is given; targets that are not on a
+    grid get w 0 (left as predicted).
+    """
+
+    name: ClassVar[str] = "snap"
+    origin: tuple[float, ...] = ()
+    step: tuple[float, ...] = ()  # 0: no grid
+    weight: tuple[float, ...] = ()
+
+    def fit(self, outputs: np.ndarray, targets: np.ndarray) -> Snap:
+        origin, steps, weights = [], [], []
+        for column in range(targets.shape[1]):
+            truth, predicted = targets[:, column], np.asarray(outputs, dtype=np.float64)[:, column]
+            step = grid_step(truth) or 0.0
+            origin.append(float(truth.min()))
+            steps.append(step)
+            if not step:
+                weights.append(0.0)
+                continue
+            snapped = _snapped(predicted, origin[-1], step)
+            errors = [np.mean(((1 - w) * predicted + w * snapped - truth) ** 2) for w in _WEIGHTS]
+            weights.append(float(_WEIGHTS[int(np.argmin(errors))]))
+        return Snap(tuple(origin), tuple(steps), tuple(weights))
+
+    def apply(self, outputs: np.ndarray) -> np.ndarray:
+        result = np.asarray(outputs, dtype=np.float64).copy()
+        for column, (origin, step, weight) in enumerate(zip(self.origin, self.step, self.weight)):
+            if step and weight:
+                result[:, column] = (1 - weight) * result[:, column] + weight * _snapped(
+                    result[:, column], origin, step
+                )
+        return result
+
+    def keep(self, columns: Sequence[bool]) -> Snap:
+        """The same step, snapping only the targets marked True."""
+        return Snap(self.origin, self.step, tuple(w if kept else 0.0 for w, kept in zip(self.weight, columns)))
+
+
+def _snapped(values: np.ndarray, origin: float, step: float) -> np.ndarray:
+    return origin + np.round((values - origin) / step) * step
+
+
+@dataclass(frozen=True)
+class Temperature:
+    """Class logits (N, C) divided by a temperature fitted on log-loss (Guo et al. 2017), before softmax.
+
+    Fine-tuned transformers are usually over-confident (T > 1 softens); accuracy is unchanged, since the order of
+    the logits is. `fit` minimises the log-loss of the rows it is given over T in [0.05, 20].
+    """
+
+    name: ClassVar[str] = "temperature"
+    value: float = 1.0
+
+    def fit(self, outputs: np.ndarray, targets: np.ndarray) -> Temperature:
+        from scipy.optimize import minimize_scalar
+
+        logits, labels = np.asarray(outputs, dtype=np.float64), np.asarray(targets, dtype=int)
+        found = minimize_scalar(
+            lambda log_t: log_loss_of(logits / np.exp(log_t), labels), bounds=(np.log(0.05), np.log(20.0)),
+            method="bounded",
+        )  # fmt: skip
+        return Temperature(float(np.exp(found.x)))
+
+    def apply(self, outputs: np.ndarray) -> np.ndarray:
+        return np.asarray(outputs, dtype=np.float64) / self.value
+
+
+def log_loss_of(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true classes under softmax(logits)."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-log_probabilities[np.arange(len(labels)), labels].mean())
+
+
+Step = Softmax | Clip | Snap | Temperature
+STEPS: dict[str, type] = {step.name: step for step in (Softmax, Clip, Snap, Temperature)}
 
 
 @dataclass(frozen=True)
@@ -83,6 +176,11 @@ class PostProcessing:
         if not task.is_regression:
             return cls((Softmax(),))
         return cls((Clip(task.target_min, task.target_max),) if clip else ())
+
+    def with_fitted(self, fitted: Sequence[Step]) -> PostProcessing:
+        """These steps and ones fitted on out-of-fold outputs: a temperature before softmax, the others last."""
+        first = tuple(step for step in fitted if isinstance(step, Temperature))
+        return PostProcessing(first + self.steps + tuple(step for step in fitted if not isinstance(step, Temperature)))
 
     def apply(self, outputs: np.ndarray) -> np.ndarray:
         result = np.asarray(outputs, dtype=np.float64)
@@ -102,7 +200,12 @@ class PostProcessing:
             if name not in STEPS:
                 raise TexttuneError(f"unknown post-processing step {name!r}; known steps: {', '.join(STEPS)}")
             fields = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()}
-            steps.append(STEPS[name](**fields))
+            try:
+                steps.append(STEPS[name](**fields))
+            except TypeError:
+                raise TexttuneError(
+                    f"post-processing step {name!r}: unexpected fields {sorted(fields)}; written by another texttune?"
+                ) from None
         return cls(tuple(steps))
 
     @classmethod
@@ -112,3 +215,50 @@ class PostProcessing:
         if len(kinds) != 1:
             raise TexttuneError(f"ensemble members post-process differently: {sorted(kinds)}")
         return cls(tuple(type(steps[0]).ensemble(steps) for steps in zip(*(m.steps for m in members))))
+
+
+@dataclass(frozen=True)
+class OOFFit:
+    """Steps fitted on out-of-fold outputs, and the evidence for each: the OOF metric (RMSE per target, or
+    log-loss) of the outputs as they are, and cross-fitted (each fold's rows post-processed by a step fitted on the
+    other folds' rows only), which decided whether the step (per target, for snapping) was kept."""
+
+    steps: tuple[Step, ...]
+    before: dict[str, float]
+    cross_fitted: dict[str, float]
+
+
+def fit_on_oof(
+    outputs: np.ndarray, targets: np.ndarray, folds: np.ndarray, task: TaskSpec, base: PostProcessing
+) -> OOFFit:
+    """Fit the task's steps (snapping for scores, temperature for classes) on out-of-fold head outputs, after the
+    steps of `base` (clipping) for scores and before softmax for classes.
+
+    A step is kept only where it lowers the metric of cross-fitted predictions, with the cv's own folds as the
+    nested split: no row's post-processed prediction comes from a step that saw that row, so the choice (including
+    each target's snapping weight) is judged on rows it was not fitted on. The kept step is then fitted on all rows.
+    """
+    outputs, folds = np.asarray(outputs, dtype=np.float64), np.asarray(folds)
+    if task.is_regression:
+        inputs = base.apply(outputs)
+        step: Any = Snap()
+    else:
+        inputs, step = outputs, Temperature()
+    crossed = np.empty_like(inputs)
+    for fold in np.unique(folds):
+        held_out = folds == fold
+        crossed[held_out] = step.fit(inputs[~held_out], targets[~held_out]).apply(inputs[held_out])
+    fitted = step.fit(inputs, targets)
+    if task.is_regression:
+        before = _rmse(inputs, targets, task.target_columns)
+        after = _rmse(crossed, targets, task.target_columns)
+        kept = [after[c] < before[c] for c in task.target_columns]
+        fitted = fitted.keep(kept)
+        return OOFFit((fitted,) if any(fitted.weight) else (), before, after)
+    before = {"log_loss": log_loss_of(inputs, targets)}
+    after = {"log_loss": log_loss_of(crossed, targets)}
+    return OOFFit((fitted,) if after["log_loss"] < before["log_loss"] else (), before, after)
+
+
+def _rmse(predictions: np.ndarray, targets: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+    return {name: float(np.sqrt(np.mean((predictions[:, i] - targets[:, i]) ** 2))) for i, name in enumerate(names)}

@@ -87,6 +87,7 @@ class Predictor:
         tracking_uri: str | None = None,
         precision: str = "auto",
         engine: str = "auto",
+        raw: bool = False,
         **kwargs: Any,
     ) -> Predictor:
         """Load a bundle written by `texttune train`, a `texttune cv` run directory as the ensemble of its folds
@@ -97,14 +98,15 @@ class Predictor:
         `engine` auto runs an ONNX export (`texttune export`) that passed its fidelity gate, int8 first, else
         PyTorch, which it also keeps where PyTorch runs in bf16 (faster then); torch, onnx, onnx-fp32 and onnx-int8
         ask for one. `precision` applies to PyTorch: auto runs bf16 where the bundle was trained in bf16 and this
-        machine has it; fp32 never does."""
+        machine has it; fp32 never does. `raw` leaves out the post-processing a cv run fitted on its out-of-fold
+        outputs (a temperature, snapping to the targets' grid), keeping the folds' own (softmax, clipping)."""
         source = path
         if str(path).startswith(MODEL_URI_PREFIX):  # only then the tracking code (and MLflow) is imported
             from texttune.tracking.models import fetch_model
 
             path = fetch_model(str(path), tracking_uri)
         if (Path(path) / ENSEMBLE_FILE).is_file():
-            members, info, weights = load_ensemble(path, model=False)
+            members, info, weights = load_ensemble(path, model=False, raw=raw)
             kwargs = {"weights": weights, **kwargs}
         else:
             members = [load_bundle(path, model=False)]

@@ -27,6 +27,11 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=128, help="texts per forward pass at most (128)")
     add_engine_argument(parser)
     parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="a cv run: leave out the post-processing it fitted on out-of-fold predictions (temperature, snapping)",
+    )
+    parser.add_argument(
         "--tracking-uri",
         help="MLflow store of a models:/ bundle (default: $MLFLOW_TRACKING_URI, else sqlite:///texttune-runs/mlflow.db)",
     )
@@ -40,7 +45,12 @@ def run(args: argparse.Namespace) -> int:
 
     progress = args.input is not None and not os.environ.get("TQDM_DISABLE")  # `texttune -q` sets it
     predictor = Predictor.load(
-        args.bundle, tracking_uri=args.tracking_uri, engine=args.engine, batch_size=args.batch_size, progress=progress
+        args.bundle,
+        tracking_uri=args.tracking_uri,
+        engine=args.engine,
+        raw=args.raw,
+        batch_size=args.batch_size,
+        progress=progress,
     )
     if args.text is not None:
         print(json.dumps(predictor.predict_text(args.text), indent=2))

@@ -94,6 +94,7 @@ def test_temperature_softens_an_over_confident_model_and_is_dropped_for_a_calibr
     assert isinstance(temperature, Temperature) and 2.5 < temperature.value < 3.5
     assert log_loss_of(temperature.apply(3 * logits), labels) < over_confident.before["log_loss"]
     assert over_confident.cross_fitted["log_loss"] < over_confident.before["log_loss"]
+    assert over_confident.cross_fitted["ece"] < 0.03 < 0.1 < over_confident.before["ece"]
     calibrated = fit_on_oof(logits, labels, folds, task, PostProcessing())
     assert calibrated.steps == ()
     assert abs(Temperature().fit(logits, labels).value - 1) < 0.1

@@ -160,6 +160,21 @@ def log_loss_of(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(-log_probabilities[np.arange(len(labels)), labels].mean())
 
 
+def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """How far confidence is from accuracy: rows binned by their top probability (equal-width bins), the gap
+    between each bin's mean confidence and its accuracy, weighted by the bin's share of rows (Guo et al. 2017)."""
+    probabilities = softmax(logits)
+    confidence, predicted = probabilities.max(axis=1), probabilities.argmax(axis=1)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    correct = (predicted == labels).astype(float)
+    return float(
+        sum(
+            abs(confidence[which == b].mean() - correct[which == b].mean()) * np.mean(which == b)
+            for b in np.unique(which)
+        )
+    )
+
+
 Step = Softmax | Clip | Snap | Temperature
 STEPS: dict[str, type] = {step.name: step for step in (Softmax, Clip, Snap, Temperature)}
 
@@ -219,9 +234,10 @@ class PostProcessing:
 
 @dataclass(frozen=True)
 class OOFFit:
-    """Steps fitted on out-of-fold outputs, and the evidence for each: the OOF metric (RMSE per target, or
-    log-loss) of the outputs as they are, and cross-fitted (each fold's rows post-processed by a step fitted on the
-    other folds' rows only), which decided whether the step (per target, for snapping) was kept."""
+    """Steps fitted on out-of-fold outputs, and the evidence for each: the OOF metric (RMSE per target, or log-loss
+    and expected calibration error) of the outputs as they are, and cross-fitted (each fold's rows post-processed by
+    a step fitted on the other folds' rows only), which decided whether the step (per target, for snapping) was
+    kept."""
 
     steps: tuple[Step, ...]
     before: dict[str, float]
@@ -255,8 +271,8 @@ def fit_on_oof(
         kept = [after[c] < before[c] for c in task.target_columns]
         fitted = fitted.keep(kept)
         return OOFFit((fitted,) if any(fitted.weight) else (), before, after)
-    before = {"log_loss": log_loss_of(inputs, targets)}
-    after = {"log_loss": log_loss_of(crossed, targets)}
+    before = {"log_loss": log_loss_of(inputs, targets), "ece": expected_calibration_error(inputs, targets)}
+    after = {"log_loss": log_loss_of(crossed, targets), "ece": expected_calibration_error(crossed, targets)}
     return OOFFit((fitted,) if after["log_loss"] < before["log_loss"] else (), before, after)
 
 

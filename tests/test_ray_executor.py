@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from texttune import Predictor, load_recipe
 from texttune.cli.main import main
@@ -18,14 +19,23 @@ from texttune.cv import run_cv
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'texttune[ray]'")
 
 
-def test_ray_folds_run_concurrently_and_collect_the_sequential_report(write_recipe, tmp_path: Path, caplog) -> None:
+def test_ray_folds_run_concurrently_and_collect_the_sequential_report(
+    write_recipe, tmp_path: Path, caplog, monkeypatch
+) -> None:
     path = write_recipe("classification", rows=48, training={"epochs": 2}, cv={"folds": 2})
-    sequential = run_cv(load_recipe(path, [f"output.dir={tmp_path / 'sequential'}"]))
+    recipe = yaml.safe_load(path.read_text())
+    recipe["data"]["train"] = "classification.csv"  # relative paths, as a user writes them: Ray's tasks run elsewhere
+    path.write_text(yaml.safe_dump(recipe))
+    monkeypatch.chdir(tmp_path)
+    sequential = run_cv(load_recipe(path, ["output.dir=sequential"]))
     run = tmp_path / "ray"
     caplog.set_level(logging.INFO, logger="texttune")
-    assert main(["cv", str(path), "--set", f"output.dir={run}", "--executor", "ray"]) == 0
+    assert main(["cv", str(path), "--set", "output.dir=ray", "--executor", "ray"]) == 0
     assert "ray: 2 folds submitted (1 CPU, 0 GPU each)" in caplog.text
     assert caplog.text.count(": trained on ") == 2
+    # the same run, as the recipe wrote it: a sequential resume and a collect find nothing changed
+    assert main(["-q", "cv", str(path), "--set", "output.dir=ray", "--collect"]) == 0
+    assert main(["-q", "cv", str(path), "--set", "output.dir=ray"]) == 0
 
     assert json.loads((run / "cv_report.json").read_text())["oof"] == sequential.report["oof"]
     pd.testing.assert_frame_equal(pd.read_csv(run / "oof.csv"), pd.read_csv(sequential.run / "oof.csv"))

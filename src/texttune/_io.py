@@ -154,9 +154,10 @@ def _holder(text: str) -> str | None:
     """The live holder a claim's text names, or None when its process was of this machine and is gone."""
     try:
         holder = json.loads(text)
-    except ValueError:
+        pid = int(holder.get("pid", 0))
+    except (ValueError, TypeError, AttributeError):
         return None  # claims are linked into place whole: one that does not parse was not written by us
-    if holder.get("host") == _host() and not process_alive(int(holder.get("pid", 0))):
+    if holder.get("host") == _host() and (pid <= 0 or not process_alive(pid)):
         return None
     return f"{holder.get('host')} pid {holder.get('pid')} since {holder.get('since')}"
 
@@ -188,6 +189,7 @@ def exclusive_claim(path: str | Path, what: str) -> Iterator[None]:
         for _ in range(2):
             try:
                 os.link(record, claim)  # atomic, fails if the claim exists, and never shows a half-written one
+                ours = os.stat(record).st_ino
                 break
             except FileExistsError:
                 with contextlib.suppress(FileNotFoundError):
@@ -198,8 +200,10 @@ def exclusive_claim(path: str | Path, what: str) -> Iterator[None]:
         record.unlink(missing_ok=True)
     try:
         yield
-    finally:
-        claim.unlink(missing_ok=True)
+    finally:  # ours only: a claim that was taken over meanwhile (by hand) belongs to its new holder
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(claim).st_ino == ours:
+                claim.unlink()
 
 
 def _take_over(claim: Path, what: str) -> None:

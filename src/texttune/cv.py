@@ -27,7 +27,7 @@ from texttune._io import atomic_file, claim_holder, exclusive_claim, is_staging
 from texttune.bundle import BUNDLE_FILE, ENSEMBLE_FILE, VALID_PREDICTIONS, WEIGHTS_FILE, load_bundle
 from texttune.config import Recipe
 from texttune.data import read_table
-from texttune.distributed import barrier, main_first, processes
+from texttune.distributed import check_shared, from_main, main_first, processes, start
 from texttune.errors import TexttuneError
 from texttune.fingerprint import changes, fingerprint
 from texttune.folds import make_folds
@@ -62,12 +62,13 @@ def _changes(run: Path, fingerprint: dict[str, Any]) -> list[str]:
     return changes(json.loads(marker.read_text()), fingerprint)
 
 
-def _claim(run: Path, fingerprint: dict[str, Any], force: bool) -> None:
+def _claim(run: Path, fingerprint: dict[str, Any], force: bool, sweep: bool = True) -> None:
     """Start a run in `run`, or resume the one there if it was made by the same recipe and data.
 
     Only texttune's own files are ever removed: a folder holding anything else is refused untouched. A run whose
     recipe or data changed is discarded with --force, or without it when none of its folds was complete (a run
-    that stopped on bad data costs nothing to start over).
+    that stopped on bad data costs nothing to start over). `sweep` removes staging that killed writes left; a fold
+    job does not, since other jobs may be writing theirs.
     """
     if run.exists() and not run.is_dir():
         raise TexttuneError(f"output.dir {run} is a file; a cv run needs a directory: choose another output.dir")
@@ -79,9 +80,10 @@ def _claim(run: Path, fingerprint: dict[str, Any], force: bool) -> None:
             f"output.dir {run} exists and is not a texttune cv run (it holds {', '.join(sorted(foreign)[:3])}); "
             "choose another output.dir"
         )
-    busy = {claim.name.removesuffix(".claim"): claim_holder(claim.with_suffix("")) for claim in run.glob("*.claim")}
+    claims = [claim for claim in run.glob("fold-*.claim") if not is_staging(claim)]
+    busy = {claim.name.removesuffix(".claim"): claim_holder(claim.with_suffix("")) for claim in claims}
     busy = {fold: holder for fold, holder in busy.items() if holder}  # folds other jobs are training now
-    if not busy:  # staging of writes that were killed (while a job trains, some may be its own, in progress)
+    if sweep and not busy:  # staging of writes that were killed (while a job trains, some may be its own)
         for leftover in filter(is_staging, entries):
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
     if any(not entry.name.endswith(".claim") for entry in kept):  # a run is there (claims alone are not one)
@@ -96,8 +98,8 @@ def _claim(run: Path, fingerprint: dict[str, Any], force: bool) -> None:
         cheap = (run / RUN_FILE).is_file() and not any(_is_complete(fold) for fold in run.glob("fold-*"))
         if changed and not cheap and not force:
             raise TexttuneError(
-                f"{run} holds a cv run of another recipe or data (changed: {', '.join(changed[:5])}); "
-                "use another output.dir, or --force to discard it and start over"
+                f"{run} holds a cv run of another recipe or data (changed: {', '.join(changed[:5])}); use another "
+                f"output.dir{', or a plain texttune cv RECIPE --force to discard it and start over' if sweep else ''}"
             )
         if changed:
             logger.info("discarding the cv run in %s", run)
@@ -197,7 +199,7 @@ class _Plan:
         return self.examples.subset(~held_out), self.examples.subset(held_out)
 
 
-def _plan(recipe: Recipe, force: bool = False, claim: bool = True) -> _Plan:
+def _plan(recipe: Recipe, force: bool = False, claim: bool = True, sweep: bool = True) -> _Plan:
     """Read the data and assign folds; `claim` the run directory (or resume the run there) and save the plan.
 
     Without `claim` the directory must already hold this recipe's run (`--collect`). A saved plan that differs from
@@ -205,6 +207,7 @@ def _plan(recipe: Recipe, force: bool = False, claim: bool = True) -> _Plan:
     folds already trained followed it.
     """
     data, run = recipe.data, Path(recipe.output.dir)
+    check_shared(run)  # a torchrun job on several machines: every process reads the folds the main one writes
     examples = read_examples(data.train, data, recipe.task, recipe.cv)
     if data.valid is not None:
         logger.warning("cv validates every row of data.train once; data.valid (%s) is not used", data.valid)
@@ -216,18 +219,23 @@ def _plan(recipe: Recipe, force: bool = False, claim: bool = True) -> _Plan:
         if not main:
             return _Plan(examples, folds)
         if claim:
-            _claim(run, fingerprint(recipe, cv=True), force)
-        elif not (run / RUN_FILE).is_file() or _changes(run, fingerprint(recipe, cv=True)):
+            _claim(run, fingerprint(recipe, cv=True), force, sweep)
+        elif not (run / RUN_FILE).is_file():
             raise TexttuneError(
-                f"{run} holds no cv run of this recipe and data; train its folds first (texttune cv RECIPE, or "
-                "texttune cv RECIPE --fold K for each fold)"
+                f"{run} holds no cv run; train its folds first (texttune cv RECIPE, or texttune cv RECIPE --fold K "
+                "for each fold)"
+            )
+        elif changed := _changes(run, fingerprint(recipe, cv=True)):
+            raise TexttuneError(
+                f"{run} holds a cv run of another recipe or data (changed: {', '.join(changed[:5])}); collect it with "
+                "the recipe and --set options its folds were trained with"
             )
         saved = run / "folds.csv"
         if saved.is_file():
             if not read_table(saved)["fold"].astype(int).tolist() == folds.tolist():
                 raise TexttuneError(
                     f"{saved}: the saved fold plan differs from the one this texttune computes for the same recipe "
-                    "and data; finish the run with the texttune that started it, or --force to start over"
+                    "and data; finish the run with the texttune that started it, or start over in another output.dir"
                 )
         else:
             with atomic_file(saved) as staging:
@@ -259,7 +267,10 @@ def run_cv(recipe: Recipe, force: bool = False, executor: str = "sequential") ->
     """
     if executor not in EXECUTORS:
         raise TexttuneError(f"executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
+    if executor != "sequential" and processes().distributed:
+        raise TexttuneError(f"--executor {executor} schedules the folds itself: run it without torchrun")
     started = time.perf_counter()
+    start()
     plan = _plan(recipe, force)
     if executor == "ray":
         from texttune.ray_executor import train_folds
@@ -280,10 +291,11 @@ def train_fold(recipe: Recipe, fold: int) -> Path:
         raise TexttuneError(
             f"--fold {fold}: the recipe has cv.folds {recipe.cv.folds}; choose 0..{recipe.cv.folds - 1}"
         )
-    plan = _plan(recipe)
+    start()
+    plan = _plan(recipe, sweep=False)
     fold_recipe = _fold_recipe(recipe, fold)
     with fold_claim(fold_recipe.output.dir) if processes().main else contextlib.nullcontext():
-        if _is_complete(fold_recipe.output.dir):
+        if from_main(_is_complete(fold_recipe.output.dir)):
             logger.info("fold %d: complete already", fold)
         else:
             quiet = TrackedRun(None, "fold", "", recipe.tracking)
@@ -299,13 +311,14 @@ def collect_cv(recipe: Recipe) -> CVResult:
         TexttuneError: no run of this recipe in `output.dir`, or folds still missing (named, with how to train them).
     """
     started = time.perf_counter()
+    start()
     return _record(recipe, _plan(recipe, claim=False), started, train_missing=False)
 
 
 def _record(recipe: Recipe, plan: _Plan, started: float, train_missing: bool) -> CVResult:
     """Train the missing folds (if `train_missing`), record every fold and the run, and write its outputs."""
     run, spec = Path(recipe.output.dir), plan.examples.task
-    missing = _missing(run, recipe.cv.folds)
+    missing = from_main(_missing(run, recipe.cv.folds))  # the main process's view, in every process
     if missing and not train_missing:
         busy = [f"fold {k} is being trained by {who}" for k in missing if (who := claim_holder(run / f"fold-{k}"))]
         raise TexttuneError(
@@ -320,25 +333,28 @@ def _record(recipe: Recipe, plan: _Plan, started: float, train_missing: bool) ->
             fold_recipe = _fold_recipe(recipe, fold)
             fold_dir = fold_recipe.output.dir
             with tracked.child(fold_dir.name, "fold", {"texttune.fold": str(fold)}) as fold_run:
-                if _is_complete(fold_dir):
+                trained = None
+                if fold in missing:
+                    logger.info("fold %d of %d", fold + 1, recipe.cv.folds)
+                    with fold_claim(fold_dir) if processes().main else contextlib.nullcontext():
+                        if not from_main(_is_complete(fold_dir)):  # a fold job may have finished it meanwhile
+                            trained = train(fold_recipe, plan.fold_examples(fold), run=fold_run)
+                if trained is None:
                     logger.info("fold %d: complete, recorded from its bundle", fold)
                     fold_run.log_params(recipe_params(fold_recipe, spec))
                     sources[fold_dir.name] = record_bundle(fold_run, fold_dir, spec, replay=True)
-                    continue
-                logger.info("fold %d of %d", fold + 1, recipe.cv.folds)
-                with fold_claim(fold_dir) if processes().main else contextlib.nullcontext():
-                    trained = train(fold_recipe, plan.fold_examples(fold), run=fold_run)
-                sources[fold_dir.name] = trained.model_version
-        oof = _fold_predictions(run, recipe.cv.folds, spec, recipe.data.id_column)
-        report = cv_report(oof, spec)
-        fitted = _fit_postprocess(run, recipe, spec, oof) if recipe.cv.postprocess else None
-        if fitted is not None:
-            report["postprocess"] = fitted
-        version = None
-        if processes().main:
+                else:
+                    sources[fold_dir.name] = trained.model_version
+        report, version = None, None
+        if processes().main:  # only it reads the folds' predictions: the others may be on machines without them
+            oof = _fold_predictions(run, recipe.cv.folds, spec, recipe.data.id_column)
+            report = cv_report(oof, spec)
+            fitted = _fit_postprocess(run, recipe, spec, oof) if recipe.cv.postprocess else None
+            if fitted is not None:
+                report["postprocess"] = fitted
             _finish(run, recipe, spec, oof, report)
             version = record_cv(tracked, run, report, spec, sources)
-        barrier()
+        report = from_main(report)
     return CVResult(run, report, time.perf_counter() - started, version)
 
 

@@ -12,12 +12,18 @@ import contextlib
 import functools
 import logging
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from texttune.errors import TexttuneError
 
 if TYPE_CHECKING:
     import torch
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +85,7 @@ def barrier() -> None:
     """Wait until every process of the job gets here."""
     import torch
 
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if _initialized():
         torch.distributed.barrier()
 
 
@@ -96,12 +102,57 @@ def main_first() -> Iterator[bool]:
         yield False
 
 
-def same_on_every_process(values: torch.Tensor) -> bool:
-    """Whether `values` (a 1-D float64 tensor) is bit for bit the same in every process of the job."""
+def _initialized() -> bool:
     import torch
 
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def same_on_every_process(values: torch.Tensor) -> bool:
+    """Whether `values` (a 1-D float64 tensor, on the device the job's backend gathers: the GPU under nccl) is bit
+    for bit the same in every process of the job."""
+    import torch
+
+    if not _initialized():
         return True
     gathered = [torch.empty_like(values) for _ in range(torch.distributed.get_world_size())]
     torch.distributed.all_gather(gathered, values)
     return all(torch.equal(values, other) for other in gathered)
+
+
+def from_main(value: T) -> T:
+    """The main process's `value`, in every process: decisions taken from files (which folds are complete) must be
+    the same everywhere, or the processes would train different things and wait for each other forever."""
+    if not _initialized():
+        return value
+    import torch
+
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def check_shared(folder: Path) -> None:
+    """Refuse, in one line, a job on several machines whose `folder` is not one filesystem they all see: the
+    others read what the main process writes there (checkpoints to resume from, folds to collect)."""
+    job = processes()
+    if not _initialized() or job.count == job.on_this_machine:
+        return
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".tmp-{from_main(uuid.uuid4().hex[:8])}-shared"
+    if job.main:
+        probe.write_text("")
+    barrier()
+    seen = [None] * job.count
+    torch.distributed.all_gather_object(seen, probe.is_file())
+    barrier()
+    if job.main:
+        probe.unlink(missing_ok=True)
+    blind = [rank for rank, sees in enumerate(seen) if not sees]
+    if blind:
+        raise TexttuneError(
+            f"{folder} is not on a filesystem every machine of the job sees (processes {blind} do not see the main "
+            "process's files): put output.dir on a shared filesystem"
+        )

@@ -1,7 +1,8 @@
 """`texttune cv RECIPE --executor ray`: each fold a Ray task, on a local Ray or the cluster in RAY_ADDRESS.
 
-A task is `train_fold` itself: it claims its fold in the run directory and writes its bundle there, so the run
-directory must be on a filesystem every node mounts (checked on each node before it trains). Tasks record nothing
+A task is `train_fold` itself, run in the driver's working directory: it claims its fold in the run directory and
+writes its bundle there, so the run directory must be on a filesystem every node mounts at the same path (checked
+on each node before it trains). Tasks record nothing
 in the tracking store; the driver's `collect_cv` records every fold from its bundle, so the store (the embedded
 SQLite one included) is only ever opened on the machine that started the run.
 """
@@ -18,25 +19,9 @@ from texttune.errors import TexttuneError
 logger = logging.getLogger(__name__)
 
 
-def _portable(recipe: Recipe) -> Recipe:
-    """The recipe with absolute paths: a task's working directory is Ray's, not the driver's."""
-    data = recipe.data.model_copy(
-        update={"train": recipe.data.train.resolve(), "valid": recipe.data.valid and recipe.data.valid.resolve()}
-    )
-    backbone = recipe.model.backbone
-    if Path(backbone).exists():
-        backbone = str(Path(backbone).resolve())
-    return recipe.model_copy(
-        update={
-            "data": data,
-            "model": recipe.model.model_copy(update={"backbone": backbone}),
-            "output": recipe.output.model_copy(update={"dir": recipe.output.dir.resolve()}),
-        }
-    )
-
-
-def _fold_task(recipe: Recipe, fold: int) -> str:
-    """One fold, on whichever node Ray chose; returns where it ran."""
+def _fold_task(recipe: Recipe, fold: int, folder: str) -> str:
+    """One fold, on whichever node Ray chose, in the driver's working `folder` (the recipe's relative paths, and
+    so its fingerprint, stay as they are); returns where it ran."""
     import socket
 
     import torch
@@ -48,12 +33,13 @@ def _fold_task(recipe: Recipe, fold: int) -> str:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     torch.set_num_threads(recipe.cv.cpus_per_fold)
-    run = recipe.output.dir
+    run = Path(folder) / recipe.output.dir
     if not (run / RUN_FILE).is_file():
         raise TexttuneError(
             f"output.dir {run} is not visible on the Ray node {socket.gethostname()}: put it on a filesystem that "
-            "every node of the cluster mounts"
+            "every node of the cluster mounts, at the same path"
         )
+    os.chdir(folder)
     train_fold(recipe, fold)
     return socket.gethostname()
 
@@ -72,11 +58,10 @@ def train_folds(recipe: Recipe, folds: list[int]) -> None:
         raise TexttuneError("--executor ray needs Ray: pip install 'texttune[ray]'") from None
     if not folds:
         return
-    recipe = _portable(recipe)
     started_here = not ray.is_initialized()
     if started_here:
         address = os.environ.get("RAY_ADDRESS") or None
-        logger.info("ray: %s", f"joining the cluster at {address}" if address else "starting a local Ray")
+        logger.info("ray: %s", f"joining the cluster at {address}" if address else "a local Ray")
         environment = {"TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
         ray.init(
             address=address,
@@ -88,7 +73,7 @@ def train_folds(recipe: Recipe, folds: list[int]) -> None:
         task = ray.remote(num_cpus=recipe.cv.cpus_per_fold, num_gpus=recipe.cv.gpus_per_fold, max_retries=0)(
             _fold_task
         )
-        pending = {fold: task.remote(recipe, fold) for fold in folds}
+        pending = {fold: task.remote(recipe, fold, os.getcwd()) for fold in folds}
         logger.info(
             "ray: %d folds submitted (%d CPU, %g GPU each)",
             len(folds),
@@ -99,9 +84,9 @@ def train_folds(recipe: Recipe, folds: list[int]) -> None:
         for fold, reference in pending.items():
             try:
                 logger.info("fold %d: trained on %s", fold, ray.get(reference))
-            except ray.exceptions.RayTaskError as exc:
+            except ray.exceptions.RayError as exc:  # a task's error, or its worker or node lost (memory, a crash)
                 cause = exc.cause if isinstance(getattr(exc, "cause", None), TexttuneError) else None
-                failures.append(f"fold {fold}: {cause or str(exc).splitlines()[-1]}")
+                failures.append(f"fold {fold}: {cause or (str(exc).strip().splitlines() or [type(exc).__name__])[-1]}")
         if failures:
             raise TexttuneError("; ".join(failures))
     finally:

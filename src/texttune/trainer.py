@@ -175,7 +175,7 @@ class TexttuneTrainer(Trainer):
     def _batched_loader(self, dataset: EncodedDataset, batches: Any) -> DataLoader:
         """A loader of `batches` as they are: with several processes, training batches are already each process's
         share, and every process evaluates the whole validation set, so accelerate must not shard them again."""
-        loader = DataLoader(
+        loader = _EpochLoader(
             dataset, batch_sampler=batches, collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers
         )
         return loader if self.args.world_size > 1 else self.accelerator.prepare(loader)
@@ -183,10 +183,20 @@ class TexttuneTrainer(Trainer):
     def create_accelerator_and_postprocess(self) -> None:
         """With several processes, evaluation outputs are not gathered: each process evaluated the whole set (the
         metrics, the kept-best choice and the kept predictions need all of it, in its order), so a gather would
-        repeat every row once per process. Evaluation is forward passes only, with no collective calls."""
+        repeat every row once per process. (The loop's `pad_across_processes` still talks to the other processes
+        at every batch; it agrees, since they all evaluate the same batches.)"""
         super().create_accelerator_and_postprocess()
         if self.args.world_size > 1:
             self.accelerator.gather_for_metrics = self.gather_function = _already_whole  # the loop resets to it
+
+
+class _EpochLoader(DataLoader):
+    """A DataLoader whose `set_epoch` reaches its batch sampler, as accelerate's prepared loaders do: a resumed
+    run must draw each epoch's own order, not the first epoch's again."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(epoch)
 
 
 def _already_whole(tensors: Any, use_gather_object: bool = False) -> Any:

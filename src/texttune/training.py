@@ -22,7 +22,7 @@ from texttune._malloc import retain_freed_memory
 from texttune.bundle import BUNDLE_FILE, VALID_PREDICTIONS, BundleInfo, save_bundle
 from texttune.checkpoints import CHECKPOINTS, Checkpoints, foreign_checkpoints, open_checkpoints
 from texttune.config import Recipe, Stage
-from texttune.distributed import barrier, main_first, processes, start
+from texttune.distributed import barrier, check_shared, from_main, main_first, processes, start
 from texttune.errors import TexttuneError
 from texttune.fingerprint import fingerprint
 from texttune.history import Entry, History
@@ -152,6 +152,7 @@ def fit(
             checkpoints, candidates = open_checkpoints(
                 output, key or fingerprint(recipe), history, keep_best, minutes, restart and main
             )
+        candidates = from_main(candidates)  # every process resumes from the same step
         resumed = checkpoints.resume(candidates, model, len(stages), use_bf16(recipe.training.precision))
     run = resumed[1] if resumed else None
     first = 0 if run is None else run["stage"] + (0 if run["mid_stage"] else 1)
@@ -196,6 +197,7 @@ def train(
     job = start()  # one process, or this one's place in a torchrun / accelerate job: only the main one writes
     if job.main:
         _check_output(output)
+    check_shared(output.parent)  # a job on several machines: the others read what the main process writes here
     if recipe.training.stages and "epochs" in recipe.training.model_fields_set:
         logger.info(
             "training.stages replace training.epochs: %g epochs in all", sum(s.epochs for s in recipe.training.stages)

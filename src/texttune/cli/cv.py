@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from texttune.cli._arguments import add_recipe_arguments
 from texttune.config import load_recipe
@@ -45,14 +46,18 @@ def run(args: argparse.Namespace) -> int:
         raise TexttuneError("--force discards a run; it goes with neither --fold nor --collect (other jobs' folds)")
     if args.fold is not None:
         bundle = train_fold(recipe, args.fold)
-        print(f"fold {args.fold} is in {bundle}; once every fold is, run: texttune cv {args.recipe} --collect")
+        again = " ".join(
+            ["texttune cv", shlex.quote(args.recipe), *(f"--set {shlex.quote(o)}" for o in args.overrides)]
+        )
+        print(f"fold {args.fold} is in {bundle}; once every fold is, run: {again} --collect")
         return 0
     result = collect_cv(recipe) if args.collect else run_cv(recipe, force=args.force, executor=args.executor)
     report = result.report
     print(format_report(report))
     print(
         f"\nout-of-fold {report['metric']} {report['oof'][report['metric']]:.4f} "
-        f"(folds {report['fold_mean']:.4f} +- {report['fold_std']:.4f}) in {result.seconds / 60:.1f} min; "
+        f"(folds {report['fold_mean']:.4f} +- {report['fold_std']:.4f}); "
+        f"{'collected' if args.collect else 'ran'} in {result.seconds / 60:.1f} min; "
         f"report {result.run / 'cv_report.json'}; predict with: texttune predict {result.run} --input ..."
     )
     if result.model_version:

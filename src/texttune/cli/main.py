@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     others = not processes().main  # the other processes of a torchrun / accelerate job: their main one speaks
     _configure_logging(args.quiet or others)
     if others:
+        logging.getLogger().setLevel(logging.ERROR)  # its warnings are theirs too; errors may be their own
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     try:
         return args.run(args) or 0

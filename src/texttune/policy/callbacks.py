@@ -129,9 +129,10 @@ class WeightsInSync(TrainerCallback):
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not processes().distributed:
             return
-        with torch.no_grad():
-            weights = [p.detach().double() for p in self.model.parameters()]
-            checksum = torch.stack([w.sum() for w in weights] + [(w * w).sum() for w in weights]).cpu()
+        with torch.no_grad():  # one parameter at a time: an fp64 copy of a large model at once would not fit
+            sums = [p.detach().double().sum() for p in self.model.parameters()]
+            squares = [p.detach().double().pow(2).sum() for p in self.model.parameters()]
+            checksum = torch.stack(sums + squares)  # on the model's device, where the backend gathers
         if not same_on_every_process(checksum):
             raise TexttuneError(
                 f"data-parallel: the processes' weights differ after stage {self.stage + 1}; this is a texttune bug, "

@@ -33,6 +33,7 @@ from texttune.fingerprint import changes, fingerprint
 from texttune.folds import make_folds
 from texttune.metrics import best_metric, classification_metrics, regression_metrics
 from texttune.postprocess import PostProcessing, fit_on_oof
+from texttune.report import REPORT_FILE, write_report
 from texttune.task import Examples, TaskSpec, encode_targets, read_examples
 from texttune.tracking import TrackedRun, recipe_params, record_bundle, record_cv, start_run
 from texttune.training import train
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 RUN_FILE = "cv_run.json"
 EXECUTORS = ("sequential", "ray")
-_OUTPUTS = ("folds.csv", "oof.csv", "cv_report.json", "oof_*.png", ENSEMBLE_FILE, "fold-*")
+_OUTPUTS = ("folds.csv", "oof.csv", "cv_report.json", REPORT_FILE, "oof_*.png", ENSEMBLE_FILE, "fold-*")
 
 
 @dataclass(frozen=True)
@@ -352,7 +353,7 @@ def _record(recipe: Recipe, plan: _Plan, started: float, train_missing: bool) ->
             fitted = _fit_postprocess(run, recipe, spec, oof) if recipe.cv.postprocess else None
             if fitted is not None:
                 report["postprocess"] = fitted
-            _finish(run, recipe, spec, oof, report)
+            _finish(run, recipe, plan, oof, report)
             version = record_cv(tracked, run, report, spec, sources)
         report = from_main(report)
     return CVResult(run, report, time.perf_counter() - started, version)
@@ -384,8 +385,10 @@ def _figures(metrics: dict[str, float]) -> str:
     return ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
 
 
-def _finish(run: Path, recipe: Recipe, spec: TaskSpec, oof: pd.DataFrame, report: dict[str, Any]) -> None:
-    """The outputs of a run whose folds are all complete: OOF table, report, plot and ensemble manifest."""
+def _finish(run: Path, recipe: Recipe, plan: _Plan, oof: pd.DataFrame, report: dict[str, Any]) -> None:
+    """The outputs of a run whose folds are all complete: OOF table, report (JSON, and the HTML page), plot and
+    ensemble manifest."""
+    spec = plan.examples.task
     with atomic_file(run / "oof.csv") as staging:
         oof.to_csv(staging, index=False)
     with atomic_file(run / "cv_report.json") as staging:
@@ -394,6 +397,8 @@ def _finish(run: Path, recipe: Recipe, spec: TaskSpec, oof: pd.DataFrame, report
     name = "oof_confusion_matrix.png" if figure else "oof_predicted_vs_true.png"
     with atomic_file(run / name) as staging:
         staging.write_bytes(figure or plots.predicted_vs_true(oof, spec.target_columns))
+    with atomic_file(run / REPORT_FILE) as staging:
+        staging.write_text(write_report(run, recipe, plan.examples, plan.folds, oof, report), encoding="utf-8")
     members = [f"fold-{fold}" for fold in range(recipe.cv.folds)]
     with atomic_file(run / ENSEMBLE_FILE) as staging:
         manifest = {"format_version": 1, "members": members, "weights": None, "oof": report["oof"]}

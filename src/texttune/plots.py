@@ -125,3 +125,24 @@ def predicted_vs_true(oof: Any, targets: Sequence[str]) -> bytes:
     for index in range(len(targets), rows * columns):
         axes[index // columns][index % columns].axis("off")
     return _png(figure)
+
+
+def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = 10) -> bytes:
+    """Reliability diagram: rows binned by their top probability; each bin's accuracy against its confidence, with
+    the bins' shares of rows below. A calibrated model sits on the diagonal."""
+    confidence, predicted = probabilities.max(axis=1), probabilities.argmax(axis=1)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    centres = (np.arange(bins) + 0.5) / bins
+    filled = [b for b in range(bins) if np.any(which == b)]
+    accuracy = [float(np.mean(predicted[which == b] == labels[which == b])) for b in filled]
+    mean_confidence = [float(confidence[which == b].mean()) for b in filled]
+    figure, axes = _figure(2, 1, size=(4.8, 5.2))
+    top, bottom = axes[0][0], axes[1][0]
+    top.plot([0, 1], [0, 1], color="grey", linewidth=1)
+    top.bar(centres[filled], accuracy, width=1 / bins, edgecolor="black", alpha=0.7, label="accuracy")
+    top.plot(mean_confidence, accuracy, "o", color="black", markersize=3, label="mean confidence")
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title="out-of-fold reliability")
+    top.legend(fontsize=8)
+    bottom.bar(centres, np.bincount(which, minlength=bins) / len(which), width=1 / bins, edgecolor="black")
+    bottom.set(xlim=(0, 1), xlabel="top-class probability", ylabel="share of rows")
+    return _png(figure)

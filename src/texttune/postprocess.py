@@ -232,6 +232,9 @@ class PostProcessing:
         return cls(tuple(type(steps[0]).ensemble(steps) for steps in zip(*(m.steps for m in members))))
 
 
+MIN_GAIN = 0.001  # a step must lower the cross-fitted metric by 0.1% at least: smaller gains are refitting noise
+
+
 @dataclass(frozen=True)
 class OOFFit:
     """Steps fitted on out-of-fold outputs, and the evidence for each: the OOF metric (RMSE per target, or log-loss
@@ -250,9 +253,10 @@ def fit_on_oof(
     """Fit the task's steps (snapping for scores, temperature for classes) on out-of-fold head outputs, after the
     steps of `base` (clipping) for scores and before softmax for classes.
 
-    A step is kept only where it lowers the metric of cross-fitted predictions, with the cv's own folds as the
-    nested split: no row's post-processed prediction comes from a step that saw that row, so the choice (including
-    each target's snapping weight) is judged on rows it was not fitted on. The kept step is then fitted on all rows.
+    A step is kept only where it lowers the metric of cross-fitted predictions (by MIN_GAIN at least), with the
+    cv's own folds as the nested split: no row's post-processed prediction comes from a step that saw that row, so
+    the choice (including each target's snapping weight) is judged on rows it was not fitted on. The kept step is
+    then fitted on all rows.
     """
     outputs, folds = np.asarray(outputs, dtype=np.float64), np.asarray(folds)
     if task.is_regression:
@@ -268,12 +272,13 @@ def fit_on_oof(
     if task.is_regression:
         before = _rmse(inputs, targets, task.target_columns)
         after = _rmse(crossed, targets, task.target_columns)
-        kept = [after[c] < before[c] for c in task.target_columns]
+        kept = [after[c] < (1 - MIN_GAIN) * before[c] for c in task.target_columns]
         fitted = fitted.keep(kept)
         return OOFFit((fitted,) if any(fitted.weight) else (), before, after)
     before = {"log_loss": log_loss_of(inputs, targets), "ece": expected_calibration_error(inputs, targets)}
     after = {"log_loss": log_loss_of(crossed, targets), "ece": expected_calibration_error(crossed, targets)}
-    return OOFFit((fitted,) if after["log_loss"] < before["log_loss"] else (), before, after)
+    kept = after["log_loss"] < (1 - MIN_GAIN) * before["log_loss"]
+    return OOFFit((fitted,) if kept else (), before, after)
 
 
 def _rmse(predictions: np.ndarray, targets: np.ndarray, names: Sequence[str]) -> dict[str, float]:

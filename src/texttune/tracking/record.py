@@ -27,7 +27,14 @@ from texttune.tracking.run import TrackedRun
 
 # files of a bundle or a cv run worth seeing next to the run; the weights go in as a model version instead
 BUNDLE_FILES = ("training_curves.png", "metrics.json", "recipe.yaml", "texttune.json", "valid_predictions.csv")
-CV_FILES = ("cv_report.json", "oof.csv", "folds.csv", "oof_confusion_matrix.png", "oof_predicted_vs_true.png")
+CV_FILES = (
+    "cv_report.json",
+    "report.html",
+    "oof.csv",
+    "folds.csv",
+    "oof_confusion_matrix.png",
+    "oof_predicted_vs_true.png",
+)
 
 
 def recipe_params(recipe: Recipe, spec: TaskSpec | None = None) -> dict[str, str]:

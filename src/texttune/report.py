@@ -1,0 +1,160 @@
+"""`report.html` of a cv run: one self-contained page (inline PNGs and CSS, no network) that shows at a glance how
+far the CV score can be trusted: per-fold spread, out-of-fold plots, post-processing with its cross-fitted
+evidence, the worst-predicted rows, the constant and TF-IDF baselines on the same folds for scale, and the recipe.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from texttune import plots
+from texttune.config import Recipe
+from texttune.metrics import classification_metrics, regression_metrics
+from texttune.task import Examples, TaskSpec, encode_targets
+
+REPORT_FILE = "report.html"
+WORST_ROWS = 20
+
+
+def baselines(examples: Examples, folds: np.ndarray, spec: TaskSpec) -> dict[str, dict[str, float]]:
+    """Out-of-fold metrics of two models fitted on the same folds: a constant (training mean, majority class) and
+    TF-IDF of 1-2 grams with ridge or logistic regression. A transformer that does not beat them clearly is not
+    learning."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    texts = np.asarray(_joined(examples), dtype=object)
+    targets = examples.targets
+    width = spec.num_outputs
+    constant, tfidf = np.zeros((len(texts), width)), np.zeros((len(texts), width))
+    for fold in np.unique(folds):
+        train, held_out = folds != fold, folds == fold
+        vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=200_000)
+        features = vectorizer.fit_transform(texts[train])
+        if spec.is_regression:
+            constant[held_out] = targets[train].mean(axis=0)
+            tfidf[held_out] = (
+                Ridge(alpha=1.0).fit(features, targets[train]).predict(vectorizer.transform(texts[held_out]))
+            )
+        else:
+            counts = np.bincount(targets[train], minlength=width)
+            constant[held_out] = np.eye(width)[counts.argmax()]
+            model = LogisticRegression(max_iter=1000).fit(features, targets[train])
+            probabilities = np.zeros((held_out.sum(), width))
+            probabilities[:, model.classes_] = model.predict_proba(vectorizer.transform(texts[held_out]))
+            tfidf[held_out] = probabilities
+    score = (
+        (lambda p: regression_metrics(p, targets, spec.target_columns))
+        if spec.is_regression
+        else (lambda p: classification_metrics(p, targets))
+    )
+    return {"constant": score(constant), "TF-IDF": score(tfidf)}
+
+
+def _joined(examples: Examples) -> list[str]:
+    """Each row's text columns in one string, as a person reads them (the model joins them its own way)."""
+    return [" | ".join(parts) for parts in zip(*examples.texts.values())]
+
+
+def _image(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _table(frame: pd.DataFrame, digits: int = 4) -> str:
+    return frame.to_html(index=False, float_format=lambda x: f"{x:.{digits}f}", border=0, escape=True)
+
+
+def _worst(oof: pd.DataFrame, texts: dict[int, str], spec: TaskSpec) -> pd.DataFrame:
+    """The rows the models got most wrong: largest mean absolute error over the targets, or least probability on
+    the true class."""
+    if spec.is_regression:
+        errors = np.mean([np.abs(oof[f"pred_{t}"] - oof[t]) for t in spec.target_columns], axis=0)
+        shown = {"error": errors, **{t: oof[t] for t in spec.target_columns}}
+        shown |= {f"pred_{t}": oof[f"pred_{t}"] for t in spec.target_columns}
+    else:
+        labels = encode_targets(oof, spec)
+        probabilities = oof[[f"prob_{label}" for label in spec.labels]].to_numpy(dtype=float)
+        label = spec.target_columns[0]
+        errors = 1 - probabilities[np.arange(len(oof)), labels]
+        shown = {"p(true)": 1 - errors, label: oof[label], f"pred_{label}": oof[f"pred_{label}"]}
+    frame = pd.DataFrame({"row": oof["row"] + 1, "fold": oof["fold"], **shown})
+    frame.insert(2, "text", [_cut(texts.get(int(r), "")) for r in oof["row"]])
+    order = np.argsort(-np.asarray(errors), kind="stable")[:WORST_ROWS]
+    return frame.iloc[order]
+
+
+def _cut(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def write_report(
+    run: Path, recipe: Recipe, examples: Examples, folds: np.ndarray, oof: pd.DataFrame, report: dict[str, Any]
+) -> str:
+    """The page, as a string (the caller writes it atomically as `report.html`)."""
+    spec = examples.task
+    sections = []
+    names = [name for name in report["oof"] if name != "error_rate"]
+    per_fold = pd.DataFrame(report["per_fold"])[["fold", "rows", *names]]
+    summary = pd.DataFrame(
+        [{"fold": "mean", "rows": per_fold["rows"].sum(), **per_fold[names].mean().to_dict()},
+         {"fold": "std", "rows": "", **per_fold[names].std(ddof=0).to_dict()},
+         {"fold": "OOF", "rows": report["rows"], **{n: report["oof"][n] for n in names}}]
+    )  # fmt: skip
+    sections.append(("folds", "Per fold and out of fold", _table(pd.concat([per_fold, summary], ignore_index=True))))
+    scale = baselines(examples, folds, spec)
+    rows = [{"model": "this run (OOF)", **{n: report["oof"][n] for n in names}}]
+    rows += [{"model": f"{name} (same folds)", **{n: values[n] for n in names}} for name, values in scale.items()]
+    sections.append(("baselines", "Against baselines on the same folds", _table(pd.DataFrame(rows))))
+    fitted = report.get("postprocess")
+    if fitted:
+        kept = ", ".join(step["name"] for step in fitted["steps"]) or "none (no step helped cross-fitted rows)"
+        evidence = pd.DataFrame(
+            {"metric": list(fitted["before"]), "before": list(fitted["before"].values()),
+             "cross-fitted after": [fitted["cross_fitted"][k] for k in fitted["before"]]}
+        )  # fmt: skip
+        text = (
+            f"<p>Kept: <b>{html.escape(kept)}</b>. Each fold's rows post-processed by a step fitted on the other "
+            "folds' rows only; a step is kept only where this lowers the metric.</p>"
+        )
+        sections.append(
+            ("postprocess", "Post-processing fitted on the out-of-fold predictions", text + _table(evidence))
+        )
+    if spec.is_regression:
+        figures = _image(plots.predicted_vs_true(oof, spec.target_columns), "predicted vs true")
+    else:
+        probabilities = oof[[f"prob_{label}" for label in spec.labels]].to_numpy(dtype=float)
+        figures = _image(plots.confusion(report["confusion_matrix"]), "confusion matrix") + _image(
+            plots.reliability(probabilities, encode_targets(oof, spec)), "reliability diagram"
+        )
+    sections.append(("oof", "Out-of-fold predictions", figures))
+    curves = [
+        f"<figure>{_image(path.read_bytes(), path.parent.name)}<figcaption>{path.parent.name}</figcaption></figure>"
+        for path in sorted(run.glob("fold-*/training_curves.png"))
+    ]
+    sections.append(("curves", "Training curves per fold", "".join(curves) or "<p>none found</p>"))
+    texts = dict(zip(examples.rows.tolist(), _joined(examples)))
+    sections.append(("worst", f"The {WORST_ROWS} worst-predicted rows", _table(_worst(oof, texts, spec), 3)))
+    recipe_text = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+    sections.append(("recipe", "Recipe (resolved)", f"<pre>{html.escape(recipe_text)}</pre>"))
+    metric = report["metric"]
+    head = (
+        f"{html.escape(recipe.tracking.name or run.name)}: {report['folds']}-fold cv of {report['rows']} rows, "
+        f"OOF {metric} {report['oof'][metric]:.4f} (folds {report['fold_mean']:.4f} &plusmn; {report['fold_std']:.4f})"
+    )
+    body = "".join(f'<section id="{key}"><h2>{title}</h2>{content}</section>' for key, title, content in sections)
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>texttune cv report</title><style>"
+        "body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}"
+        "table{border-collapse:collapse;font-size:13px;margin:8px 0}"
+        "td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right;vertical-align:top}"
+        "#worst td:nth-child(3){text-align:left;max-width:520px}img{max-width:100%;margin:4px}"
+        "figure{display:inline-block;margin:4px;width:48%}figure img{width:100%}pre{background:#f6f6f6;padding:8px}"
+        f"</style></head><body><h1>{head}</h1>{body}</body></html>"
+    )

@@ -45,6 +45,7 @@ from texttune.task import TaskSpec
 logger = logging.getLogger(__name__)
 
 ENSEMBLE_FILE = "texttune-ensemble.json"  # a cv run directory: its fold bundles, averaged
+BLEND_FILE = "texttune-blend.json"  # a blend directory: cv runs elsewhere, mixed (texttune.blend)
 VALID_PREDICTIONS = "valid_predictions.csv"  # validation rows with truth and predictions
 BUNDLE_FILE = "texttune.json"
 WEIGHTS_FILE = "model.safetensors"

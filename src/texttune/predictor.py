@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from texttune._io import atomic_file, check_writable
 from texttune.bundle import (
+    BLEND_FILE,
     ENSEMBLE_FILE,
     MODEL_URI_PREFIX,
     Bundle,
@@ -91,7 +92,8 @@ class Predictor:
         **kwargs: Any,
     ) -> Predictor:
         """Load a bundle written by `texttune train`, a `texttune cv` run directory as the ensemble of its folds
-        (with the manifest's weights unless `weights` is given), or a registered version such as
+        (with the manifest's weights unless `weights` is given), a `texttune blend` directory (`BlendPredictor`),
+        or a registered version such as
         `models:/ellipse@best` or `models:/ellipse/3`, fetched once from the MLflow store `tracking_uri`
         (None: $MLFLOW_TRACKING_URI, else the embedded `texttune-runs/mlflow.db`) into a local cache.
 
@@ -105,6 +107,10 @@ class Predictor:
             from texttune.tracking.models import fetch_model
 
             path = fetch_model(str(path), tracking_uri)
+        if (Path(path) / BLEND_FILE).is_file():
+            from texttune.blend import load_blend
+
+            return load_blend(path, raw=raw, precision=precision, engine=engine, **kwargs)
         if (Path(path) / ENSEMBLE_FILE).is_file():
             members, info, weights = load_ensemble(path, model=False, raw=raw)
             kwargs = {"weights": weights, **kwargs}

@@ -1,0 +1,80 @@
+"""Blends: weights fitted on out-of-fold predictions, refused across fold plans, and the blend as a predictor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from texttune import Predictor, load_recipe
+from texttune.blend import BlendPredictor, fit_weights
+from texttune.cli.main import main
+from texttune.cv import run_cv
+from texttune.postprocess import PostProcessing
+
+
+def test_weights_favour_the_better_run_and_stay_on_the_simplex() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.normal(0, 1, (400, 2))
+    good, noisy = truth + rng.normal(0, 0.1, truth.shape), truth + rng.normal(0, 1.0, truth.shape)
+    weights = fit_weights(np.stack([noisy, good]), truth, regression=True)  # (runs, targets)
+    assert weights.shape == (2, 2) and np.allclose(weights.sum(axis=0), 1) and (weights >= 0).all()
+    assert (weights[1] > 0.9).all()
+    probabilities = np.full((2, 300, 3), 1 / 3)
+    labels = rng.integers(0, 3, 300)
+    probabilities[1, np.arange(300), labels] = 0.8  # a run that knows the answers
+    probabilities[1] /= probabilities[1].sum(axis=1, keepdims=True)
+    weights = fit_weights(probabilities, labels, regression=False)
+    assert weights.shape == (2,) and weights[1] > 0.95 and np.isclose(weights.sum(), 1)
+
+
+def test_a_blend_of_two_runs_predicts_and_other_fold_plans_are_refused(write_recipe, tmp_path: Path, capsys) -> None:
+    path = write_recipe("regression", rows=60, training={"epochs": 2}, cv={"folds": 3})
+    runs = []
+    for name, rate in (("a", "0.003"), ("b", "0.01")):
+        recipe = load_recipe(path, [f"output.dir={tmp_path / name}", f"training.learning_rate={rate}"])
+        runs.append(run_cv(recipe).run)
+    assert main(["-q", "blend", *map(str, runs), "--output", str(tmp_path / "blend")]) == 0
+    printed = capsys.readouterr().out
+    assert "the blend's out-of-fold mcrmse" in printed and "predict with: texttune predict" in printed
+    manifest = json.loads((tmp_path / "blend" / "texttune-blend.json").read_text())
+    assert manifest["runs"] == ["../a", "../b"]  # relative: the tree moves as a whole
+    weights = np.array(manifest["weights"])  # (runs, targets)
+    assert weights.shape == (2, 2) and np.allclose(weights.sum(axis=0), 1)
+    best_single = min(run["mcrmse"] for run in manifest["oof_runs"].values())
+    assert manifest["oof"]["mcrmse"] <= best_single + 1e-9  # the weights could have picked either run alone
+
+    texts = ["good great film", "awful dull plot", "fine"]
+    blended = Predictor.load(tmp_path / "blend")
+    assert isinstance(blended, BlendPredictor)
+    members = [Predictor.load(run, raw=True) for run in runs]
+    scores = np.stack([m.info.postprocess.apply(m.predict_outputs(texts)) for m in members])  # (runs, N, T)
+    mixed = np.einsum("rt,rnt->nt", weights, scores)
+    steps = PostProcessing.from_list(manifest["postprocess"])
+    np.testing.assert_allclose(blended.predict(texts).to_numpy(), steps.apply(mixed), rtol=1e-6)
+    table = tmp_path / "test.csv"
+    pd.DataFrame({"id": ["x", "y", "z"], "text": texts}).to_csv(table, index=False)
+    out = tmp_path / "submission.csv"
+    assert main(["-q", "predict", str(tmp_path / "blend"), "--input", str(table), "--output", str(out)]) == 0
+    assert pd.read_csv(out)["id"].tolist() == ["x", "y", "z"]
+
+    other = run_cv(load_recipe(path, [f"output.dir={tmp_path / 'c'}", "training.seed=7"])).run
+    assert main(["-q", "blend", str(runs[0]), str(other), "--output", str(tmp_path / "bad")]) == 2
+    assert "have different fold plans (folds.csv)" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert main(["-q", "blend", *map(str, runs), "--output", str(tmp_path / "mine")]) == 2
+    assert "exists and is not a texttune blend" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("arguments", [["only-one"], ["a", "b"]])
+def test_bad_blend_inputs_are_one_line_errors(tmp_path: Path, capsys, arguments: list[str]) -> None:
+    runs = [str(tmp_path / name) for name in arguments]
+    assert main(["-q", "blend", *runs, "--output", str(tmp_path / "blend")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("texttune: error:") and len(err.strip().splitlines()) == 1

@@ -78,3 +78,19 @@ def test_bad_blend_inputs_are_one_line_errors(tmp_path: Path, capsys, arguments:
     assert main(["-q", "blend", *runs, "--output", str(tmp_path / "blend")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("texttune: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_cv_seeds_is_one_command_for_a_blend_of_seeds(write_recipe, tmp_path: Path, capsys) -> None:
+    path = write_recipe("classification", rows=45, training={"epochs": 1}, cv={"folds": 3, "seeds": [1, 2]})
+    run = tmp_path / "seeds"
+    assert main(["-q", "cv", str(path), "--set", f"output.dir={run}"]) == 0
+    printed = capsys.readouterr().out
+    assert "blend of 2 seeds accuracy" in printed and "  mean " in printed
+    assert (run / "seed-1" / "folds.csv").read_text() == (run / "seed-2" / "folds.csv").read_text()  # one plan
+    seeds = [load_recipe(run / f"seed-{s}" / "fold-0" / "recipe.yaml").training.seed for s in (1, 2)]
+    assert seeds == [1, 2]
+    manifest = json.loads((run / "texttune-blend.json").read_text())
+    assert manifest["runs"] == ["seed-1", "seed-2"]
+    predictor = Predictor.load(run)
+    assert isinstance(predictor, BlendPredictor) and len(predictor.predict(["good film", "bad plot"])) == 2
+    assert main(["-q", "cv", str(path), "--set", f"output.dir={run}"]) == 0  # again: both runs resume, complete

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from texttune._io import atomic_directory
+from texttune._io import atomic_file
 from texttune.bundle import BLEND_FILE, ENSEMBLE_FILE
 from texttune.data import read_table
 from texttune.errors import TexttuneError
@@ -84,8 +84,9 @@ def _read_run(run: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     return oof, read_table(run / "folds.csv"), json.loads((run / "cv_report.json").read_text())
 
 
-def blend(runs: Sequence[str | Path], output: str | Path) -> BlendResult:
-    """Fit blend weights over cv `runs` and write the blend predictor to `output`.
+def blend(runs: Sequence[str | Path], output: str | Path, inside: bool = False) -> BlendResult:
+    """Fit blend weights over cv `runs` and write the blend predictor to `output` (`inside`: the runs are folders
+    of `output`, a multi-seed cv run, which checked the folder).
 
     Raises:
         TexttuneError: fewer than two runs, a run that is not a finished cv run, runs of different fold plans or
@@ -94,7 +95,7 @@ def blend(runs: Sequence[str | Path], output: str | Path) -> BlendResult:
     paths, output = [Path(run) for run in runs], Path(output)
     if len(paths) < 2:
         raise TexttuneError("a blend needs two cv runs at least")
-    if output.exists() and not (output / BLEND_FILE).is_file():
+    if output.exists() and not (output / BLEND_FILE).is_file() and not inside:
         raise TexttuneError(f"--output {output} exists and is not a texttune blend; choose another folder")
     tables = [_read_run(path) for path in paths]
     first_oof, first_folds, report = tables[0]
@@ -140,8 +141,10 @@ def blend(runs: Sequence[str | Path], output: str | Path) -> BlendResult:
         "oof_runs": per_run,
         "cross_fitted": {"before": fitted.before, "after": fitted.cross_fitted},
     }
-    with atomic_directory(output) as staging:
-        (staging / BLEND_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    if output.is_file():
+        raise TexttuneError(f"--output {output} is a file; give the blend's folder")
+    with atomic_file(output / BLEND_FILE) as staging:  # the folder may hold the runs themselves (cv.seeds)
+        staging.write_text(json.dumps(manifest, indent=2) + "\n")
     logger.info("blend written to %s", output)
     return BlendResult(output, weights, per_run, manifest["oof"], steps)
 

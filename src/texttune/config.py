@@ -185,6 +185,12 @@ class CVConfig(_Section):
         None, description="Rows sharing a value stay in one fold (GroupKFold / StratifiedGroupKFold)."
     )
     bins: int = Field(5, ge=2, description="Regression: quantile bins per target for stratification.")
+    seed: int | None = Field(None, description="Seed of the fold plan; None: training.seed.")
+    seeds: list[int] = Field(
+        [],
+        description="Train the folds once per training seed (a cv run each, in seed-<s>/ of output.dir, all on the "
+        "fold plan of cv.seed), then blend them in output.dir (texttune blend): one command for a multi-seed run.",
+    )
     cpus_per_fold: int = Field(
         1, ge=1, description="--executor ray: the CPUs each fold's task asks for (and the threads it trains with)."
     )

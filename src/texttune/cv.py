@@ -24,7 +24,7 @@ from sklearn.metrics import confusion_matrix
 
 from texttune import plots
 from texttune._io import atomic_file, claim_holder, exclusive_claim, is_staging
-from texttune.bundle import BUNDLE_FILE, ENSEMBLE_FILE, VALID_PREDICTIONS, WEIGHTS_FILE, load_bundle
+from texttune.bundle import BLEND_FILE, BUNDLE_FILE, ENSEMBLE_FILE, VALID_PREDICTIONS, WEIGHTS_FILE, load_bundle
 from texttune.config import Recipe
 from texttune.data import read_table
 from texttune.distributed import check_shared, from_main, main_first, processes, start
@@ -174,7 +174,15 @@ def cv_report(oof: pd.DataFrame, spec: TaskSpec) -> dict[str, Any]:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The report as a table: one row per fold, then the out-of-fold row."""
+    """The report as a table: one row per fold, then the out-of-fold row; for a multi-seed run, a row per seed and
+    the blend's."""
+    if "seeds" in report:
+        seeds, metric = report["seeds"], report["metric"]
+        lines = [f"{'seed':>6} {'OOF ' + metric:>14}"]
+        lines += [f"{seed:>6} {value:>14.4f}" for seed, value in zip(seeds["seeds"], seeds["oof"])]
+        lines.append(f"{'mean':>6} {seeds['mean']:>14.4f} +- {seeds['std']:.4f}")
+        lines.append(f"{'blend':>6} {seeds['blend'][metric]:>14.4f}")
+        return "\n".join(lines)
     names = [k for k in report["oof"] if k != "error_rate"]
     lines = [f"{'fold':>6} {'rows':>6} " + " ".join(f"{n:>12}" for n in names)]
     for fold in report["per_fold"]:
@@ -212,7 +220,8 @@ def _plan(recipe: Recipe, force: bool = False, claim: bool = True, sweep: bool =
     examples = read_examples(data.train, data, recipe.task, recipe.cv)
     if data.valid is not None:
         logger.warning("cv validates every row of data.train once; data.valid (%s) is not used", data.valid)
-    folds = make_folds(examples, recipe.cv, recipe.training.seed)  # bad data stops before the folder is claimed
+    seed = recipe.training.seed if recipe.cv.seed is None else recipe.cv.seed
+    folds = make_folds(examples, recipe.cv, seed)  # bad data stops before the folder is claimed
     assignment = pd.DataFrame({"row": examples.rows, "fold": folds})
     if data.id_column:
         assignment.insert(1, data.id_column, examples.ids)
@@ -270,6 +279,8 @@ def run_cv(recipe: Recipe, force: bool = False, executor: str = "sequential") ->
         raise TexttuneError(f"executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
     if executor != "sequential" and processes().distributed:
         raise TexttuneError(f"--executor {executor} schedules the folds itself: run it without torchrun")
+    if recipe.cv.seeds:
+        return _run_seeds(recipe, force, executor)
     started = time.perf_counter()
     start()
     plan = _plan(recipe, force)
@@ -278,6 +289,43 @@ def run_cv(recipe: Recipe, force: bool = False, executor: str = "sequential") ->
 
         train_folds(recipe, _missing(Path(recipe.output.dir), recipe.cv.folds))
     return _record(recipe, plan, started, train_missing=executor == "sequential")
+
+
+def _run_seeds(recipe: Recipe, force: bool, executor: str) -> CVResult:
+    """`cv.seeds`: one cv run per training seed in `seed-<s>/`, every one on the same fold plan, then their blend in
+    `output.dir` (which a predictor loads). The report lists each seed's and the blend's out-of-fold metrics."""
+    from texttune.blend import blend
+
+    started, run = time.perf_counter(), Path(recipe.output.dir)
+    if run.exists() and any(not (e.match("seed-*") or e.name == BLEND_FILE or is_staging(e)) for e in run.iterdir()):
+        raise TexttuneError(f"output.dir {run} holds more than a multi-seed cv run; choose another output.dir")
+    plan_seed = recipe.training.seed if recipe.cv.seed is None else recipe.cv.seed
+    results = []
+    for seed in recipe.cv.seeds:
+        logger.info("seed %d (%d of %d)", seed, len(results) + 1, len(recipe.cv.seeds))
+        single = recipe.model_copy(
+            update={
+                "training": recipe.training.model_copy(update={"seed": seed}),
+                "cv": recipe.cv.model_copy(update={"seeds": [], "seed": plan_seed}),
+                "output": recipe.output.model_copy(update={"dir": run / f"seed-{seed}"}),
+            }
+        )
+        results.append(run_cv(single, force, executor))
+    metric = results[0].report["metric"]
+    report = dict(results[0].report)
+    if len(results) > 1 and processes().main:
+        mixed = blend([result.run for result in results], run, inside=True)
+        per_seed = [result.report["oof"][metric] for result in results]
+        report["seeds"] = {
+            "seeds": list(recipe.cv.seeds),
+            "oof": per_seed,
+            "mean": float(np.mean(per_seed)),
+            "std": float(np.std(per_seed)),
+            "blend": mixed.blend,
+            "weights": mixed.weights.tolist(),
+        }
+        report["oof"] = mixed.blend
+    return CVResult(run, from_main(report), time.perf_counter() - started)
 
 
 def train_fold(recipe: Recipe, fold: int) -> Path:

@@ -54,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
     result = collect_cv(recipe) if args.collect else run_cv(recipe, force=args.force, executor=args.executor)
     report = result.report
     print(format_report(report))
+    what = f"blend of {len(report['seeds']['seeds'])} seeds" if "seeds" in report else "out-of-fold"
     print(
-        f"\nout-of-fold {report['metric']} {report['oof'][report['metric']]:.4f} "
+        f"\n{what} {report['metric']} {report['oof'][report['metric']]:.4f} "
         f"(folds {report['fold_mean']:.4f} +- {report['fold_std']:.4f}); "
         f"{'collected' if args.collect else 'ran'} in {result.seconds / 60:.1f} min; "
         f"report {result.run / 'cv_report.json'}; predict with: texttune predict {result.run} --input ..."

@@ -1,10 +1,10 @@
 """Post-processing fitted on out-of-fold predictions, on ELLIPSE (issue 17): is the held-out score better or worse?
 
 400 of the 2,000 essays are held out (fixed seed); `texttune cv examples/ellipse.yaml` runs 5 folds on the other
-1,600, once per seed. For each run: the OOF MCRMSE before and cross-fitted after its post-processing, and on the
-held-out essays the fold ensemble without (`--raw`) and with it. Then the seeds' ensembles averaged with equal
-weights (a blend of seeds), without and with each run's post-processing. The essays are copied into --workdir,
-never into the project.
+1,600, once per seed, every seed on the first seed's fold plan. For each run: the OOF MCRMSE before and
+cross-fitted after its post-processing, and on the held-out essays the fold ensemble without (`--raw`) and with it.
+Then the seeds' ensembles averaged with equal weights, and `texttune blend` of the seeds (weights fitted on OOF).
+The essays are copied into --workdir, never into the project.
 
 python bench/postprocess_ellipse.py [--seeds 42 43 44] [--workdir /tmp/texttune-postprocess-ellipse]
 """
@@ -22,6 +22,7 @@ import pandas as pd
 
 from texttune import Predictor
 from texttune._hardware import cpu_model_and_flags
+from texttune.blend import blend
 from texttune.metrics import regression_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +54,8 @@ def main() -> None:
             command = [sys.executable, "-m", "texttune", "-q", "cv", str(ROOT / "examples" / "ellipse.yaml")]
             overrides = [f"data.train={work / 'cv.csv'}", "cv.folds=5", f"training.seed={seed}", f"output.dir={run}"]
             overrides.append("tracking.backend=none")
+            if seed != args.seeds[0]:  # every seed on the first seed's fold plan, so that they can be blended
+                overrides.append(f"cv.seed={args.seeds[0]}")
             subprocess.run([*command, *(x for o in overrides for x in ("--set", o))], check=True, cwd=ROOT)
         report = json.loads((run / "cv_report.json").read_text())
         post = report["postprocess"]
@@ -71,9 +74,18 @@ def main() -> None:
         )
     if len(args.seeds) > 1:
         print(
-            f"blend of {len(args.seeds)} seeds (equal weights), held-out MCRMSE: "
+            f"the seeds' ensembles averaged (equal weights), held-out MCRMSE: "
             f"{_mcrmse(np.mean(plain, axis=0), truth):.5f} without post-processing, "
             f"{_mcrmse(np.mean(fitted, axis=0), truth):.5f} with each run's"
+        )
+        mixed = blend([work / f"seed-{seed}" for seed in args.seeds], work / "blend")
+        weights = np.round(mixed.weights, 3).tolist()
+        raw = Predictor.load(work / "blend", raw=True).predict(texts)[TARGETS].to_numpy()
+        done = Predictor.load(work / "blend").predict(texts)[TARGETS].to_numpy()
+        print(
+            f"texttune blend of the {len(args.seeds)} seeds: OOF MCRMSE {mixed.blend['mcrmse']:.5f}, weights per "
+            f"target {weights}, post-processing {[s['name'] for s in mixed.postprocess] or 'none kept'}\n"
+            f"  held-out MCRMSE: {_mcrmse(raw, truth):.5f} without post-processing, {_mcrmse(done, truth):.5f} with"
         )
 
 

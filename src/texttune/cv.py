@@ -336,6 +336,7 @@ def train_fold(recipe: Recipe, fold: int) -> Path:
     Raises:
         TexttuneError: a fold outside 0..K-1, another job training the same fold, or a run of another recipe.
     """
+    _single_seed(recipe, "--fold")
     if not 0 <= fold < recipe.cv.folds:
         raise TexttuneError(
             f"--fold {fold}: the recipe has cv.folds {recipe.cv.folds}; choose 0..{recipe.cv.folds - 1}"
@@ -359,9 +360,20 @@ def collect_cv(recipe: Recipe) -> CVResult:
     Raises:
         TexttuneError: no run of this recipe in `output.dir`, or folds still missing (named, with how to train them).
     """
+    _single_seed(recipe, "--collect")
     started = time.perf_counter()
     start()
     return _record(recipe, _plan(recipe, claim=False), started, train_missing=False)
+
+
+def _single_seed(recipe: Recipe, option: str) -> None:
+    if recipe.cv.seeds:
+        seed = recipe.cv.seeds[0]
+        raise TexttuneError(
+            f"{option} works on one seed's run: add --set cv.seeds=[] --set training.seed={seed} "
+            f"--set cv.seed={recipe.training.seed if recipe.cv.seed is None else recipe.cv.seed} "
+            f"--set output.dir={Path(recipe.output.dir) / f'seed-{seed}'} (and so on for each seed)"
+        )
 
 
 def _record(recipe: Recipe, plan: _Plan, started: float, train_missing: bool) -> CVResult:

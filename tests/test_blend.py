@@ -61,6 +61,10 @@ def test_a_blend_of_two_runs_predicts_and_other_fold_plans_are_refused(write_rec
     assert main(["-q", "predict", str(tmp_path / "blend"), "--input", str(table), "--output", str(out)]) == 0
     assert pd.read_csv(out)["id"].tolist() == ["x", "y", "z"]
 
+    assert main(["-q", "serve", str(tmp_path / "blend")]) == 2
+    assert "a blend cannot be served yet" in capsys.readouterr().err
+    assert main(["-q", "blend", str(runs[0]), str(runs[0]), "--output", str(tmp_path / "twice")]) == 2
+    assert "a run is named twice" in capsys.readouterr().err
     other = run_cv(load_recipe(path, [f"output.dir={tmp_path / 'c'}", "training.seed=7"])).run
     assert main(["-q", "blend", str(runs[0]), str(other), "--output", str(tmp_path / "bad")]) == 2
     assert "have different fold plans (folds.csv)" in capsys.readouterr().err
@@ -85,7 +89,9 @@ def test_cv_seeds_is_one_command_for_a_blend_of_seeds(write_recipe, tmp_path: Pa
     run = tmp_path / "seeds"
     assert main(["-q", "cv", str(path), "--set", f"output.dir={run}"]) == 0
     printed = capsys.readouterr().out
-    assert "blend of 2 seeds accuracy" in printed and "  mean " in printed
+    assert "blend of 2 seeds accuracy" in printed and "  mean " in printed and "(seeds " in printed
+    summary = json.loads((run / "seeds_report.json").read_text())
+    assert summary["seeds"] == [1, 2] and len(summary["oof"]) == 2 and "accuracy" in summary["blend"]
     assert (run / "seed-1" / "folds.csv").read_text() == (run / "seed-2" / "folds.csv").read_text()  # one plan
     seeds = [load_recipe(run / f"seed-{s}" / "fold-0" / "recipe.yaml").training.seed for s in (1, 2)]
     assert seeds == [1, 2]
@@ -94,3 +100,10 @@ def test_cv_seeds_is_one_command_for_a_blend_of_seeds(write_recipe, tmp_path: Pa
     predictor = Predictor.load(run)
     assert isinstance(predictor, BlendPredictor) and len(predictor.predict(["good film", "bad plot"])) == 2
     assert main(["-q", "cv", str(path), "--set", f"output.dir={run}"]) == 0  # again: both runs resume, complete
+
+
+@pytest.mark.parametrize("seeds", [[42], [42, 42]])
+def test_cv_seeds_needs_two_distinct_seeds(write_recipe, seeds: list[int], capsys) -> None:
+    path = write_recipe("classification", rows=30)
+    assert main(["-q", "cv", str(path), "--set", f"cv.seeds={seeds}"]) == 2
+    assert "cv.seeds: Value error, give two distinct seeds or more" in capsys.readouterr().err

@@ -256,11 +256,25 @@ def test_post_processing_fitted_on_oof_is_reported_stored_and_applied_unless_raw
     manifest = json.loads((run / "texttune-ensemble.json").read_text())
     manifest["postprocess"] = PostProcessing((Temperature(2.0),)).to_list()
     (run / "texttune-ensemble.json").write_text(json.dumps(manifest))
-    outputs = Predictor.load(run, raw=True).predict_outputs(texts)
-    probabilities = Predictor.load(run).predict(texts).filter(like="prob_").to_numpy()
-    np.testing.assert_allclose(probabilities, softmax(outputs / 2.0), rtol=1e-6)
-    for flags, expected in (([], softmax(outputs / 2.0)), (["--raw"], softmax(outputs))):
+    # each fold's logits are divided before the folds' probabilities are averaged, as the temperature was fitted
+    members = np.stack([Predictor.load(run / f"fold-{k}").predict_outputs(texts) for k in range(2)])
+    tempered, plain = softmax(members / 2.0).mean(axis=0), softmax(members).mean(axis=0)
+    predictor = Predictor.load(run)
+    assert predictor.card()["temperature"] == 2.0
+    np.testing.assert_allclose(predictor.predict(texts).filter(like="prob_").to_numpy(), tempered, rtol=1e-5)
+    for flags, expected in (([], tempered), (["--raw"], plain)):
         capsys.readouterr()
         assert main(["-q", "predict", str(run), "--text", texts[0], *flags]) == 0
         shown = json.loads(capsys.readouterr().out)["probabilities"]
         np.testing.assert_allclose(list(shown.values()), expected[0], rtol=1e-5)
+
+
+def test_a_report_that_fails_leaves_a_complete_run(write_recipe, tmp_path: Path, monkeypatch, caplog) -> None:
+    def broken(*args):
+        raise ValueError("empty vocabulary")
+
+    monkeypatch.setattr(texttune.cv, "write_report", broken)
+    recipe = load_recipe(write_recipe("regression", rows=30, training={"epochs": 1}, cv={"folds": 2}))
+    run = run_cv(recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": tmp_path / "r"})})).run
+    assert "report.html not written (ValueError: empty vocabulary); the run is complete" in caplog.text
+    assert not (run / "report.html").exists() and len(Predictor.load(run).predict(["fine"])) == 1

@@ -80,8 +80,11 @@ def _mixed(predictions: np.ndarray, weights: np.ndarray) -> np.ndarray:
 def _read_run(run: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     if not (run / ENSEMBLE_FILE).is_file() or not (run / "oof.csv").is_file():
         raise TexttuneError(f"{run}: not a finished cv run (no {ENSEMBLE_FILE} or oof.csv); run texttune cv first")
-    oof = read_table(run / "oof.csv")
-    return oof, read_table(run / "folds.csv"), json.loads((run / "cv_report.json").read_text())
+    try:
+        report = json.loads((run / "cv_report.json").read_text())
+        return read_table(run / "oof.csv"), read_table(run / "folds.csv"), report
+    except (OSError, ValueError) as exc:
+        raise TexttuneError(f"{run}: an unreadable cv run ({exc}); run texttune cv again to finish it") from None
 
 
 def blend(runs: Sequence[str | Path], output: str | Path, inside: bool = False) -> BlendResult:
@@ -95,21 +98,29 @@ def blend(runs: Sequence[str | Path], output: str | Path, inside: bool = False) 
     paths, output = [Path(run) for run in runs], Path(output)
     if len(paths) < 2:
         raise TexttuneError("a blend needs two cv runs at least")
+    if len({path.resolve() for path in paths}) < len(paths):
+        raise TexttuneError("a run is named twice; a blend mixes different runs")
     if output.exists() and not (output / BLEND_FILE).is_file() and not inside:
         raise TexttuneError(f"--output {output} exists and is not a texttune blend; choose another folder")
     tables = [_read_run(path) for path in paths]
     first_oof, first_folds, report = tables[0]
     kind = report["task"]
+    regression = kind == "regression"
+    columns = [c for c in first_oof.columns if c.startswith("pred_" if regression else "prob_")]
+    truth = ["row", *(c.removeprefix("pred_") for c in first_oof.columns if c.startswith("pred_"))]
     for path, (oof, folds, other) in zip(paths[1:], tables[1:]):
-        if other["task"] != kind or sorted(oof.columns) != sorted(first_oof.columns):
+        mine = [c for c in oof.columns if c.startswith("pred_" if regression else "prob_")]
+        if other["task"] != kind or mine != columns:
             raise TexttuneError(f"{path} predicts other outputs than {paths[0]}; a blend needs runs of one task")
+        if not set(truth) <= set(oof.columns) or not oof[truth].equals(first_oof[truth]):
+            raise TexttuneError(
+                f"{path} and {paths[0]} were not run on the same rows and targets; a blend needs runs of one table"
+            )
         if not folds[["row", "fold"]].equals(first_folds[["row", "fold"]]):
             raise TexttuneError(
                 f"{path} and {paths[0]} have different fold plans (folds.csv): their out-of-fold predictions are not "
                 "comparable; blend runs of the same data, cv settings and training.seed"
             )
-    regression = kind == "regression"
-    columns = [c for c in first_oof.columns if c.startswith("pred_" if regression else "prob_")]
     predictions = np.stack([oof[columns].to_numpy(dtype=float) for oof, _, _ in tables])  # (runs, N, K)
     if regression:
         names = [c.removeprefix("pred_") for c in columns]
@@ -128,9 +139,14 @@ def blend(runs: Sequence[str | Path], output: str | Path, inside: bool = False) 
         if regression
         else (lambda p: classification_metrics(p, targets))
     )
-    inputs = mixed if regression else np.log(np.clip(mixed, 1e-12, None))  # softmax(log p) is p
-    fitted = fit_on_oof(inputs, targets, first_oof["fold"].to_numpy(dtype=int), spec, PostProcessing())
-    steps = PostProcessing(fitted.steps).to_list()
+    # Scores only: a temperature fitted on mixed single-fold probabilities would be applied to mixed fold
+    # ensembles, which averaging has already softened (each run's own temperature is fitted per fold model).
+    steps: list[dict[str, Any]] = []
+    evidence: dict[str, Any] = {}
+    if regression:
+        fitted = fit_on_oof(mixed, targets, first_oof["fold"].to_numpy(dtype=int), spec, PostProcessing())
+        steps = PostProcessing(fitted.steps).to_list()
+        evidence = {"before": fitted.before, "after": fitted.cross_fitted, "kept": fitted.kept}
     per_run = {str(path): score(p) for path, p in zip(paths, predictions)}
     manifest = {
         "format_version": 1,
@@ -139,7 +155,7 @@ def blend(runs: Sequence[str | Path], output: str | Path, inside: bool = False) 
         "postprocess": steps,
         "oof": score(mixed),
         "oof_runs": per_run,
-        "cross_fitted": {"before": fitted.before, "after": fitted.cross_fitted},
+        "cross_fitted": evidence,
     }
     if output.is_file():
         raise TexttuneError(f"--output {output} is a file; give the blend's folder")
@@ -164,11 +180,13 @@ class BlendPredictor(Predictor):
             ):
                 raise TexttuneError("the runs of a blend must predict the same outputs from the same text columns")
         # a Predictor without runners of its own: its members run, and its methods above the outputs are shared
-        self.runners, self.weights = [], np.ones(0)
+        self.runners, self.weights, self.temperature = [], np.ones(0), 1.0
         self.pipeline, self.info = first.pipeline, replace(first.info, postprocess=postprocess)
         self.batch_size, self.max_tokens, self.progress = first.batch_size, first.max_tokens, first.progress
         self.engine, self.about = first.engine, {}
         self.members, self.blend_weights = list(members), np.asarray(weights)
+
+    batches_tokens = False
 
     def outputs_of(self, features: Any) -> np.ndarray:
         raise TexttuneError("a blend's runs tokenize texts each their own way; predict texts, not features")

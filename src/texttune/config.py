@@ -191,6 +191,14 @@ class CVConfig(_Section):
         description="Train the folds once per training seed (a cv run each, in seed-<s>/ of output.dir, all on the "
         "fold plan of cv.seed), then blend them in output.dir (texttune blend): one command for a multi-seed run.",
     )
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if seeds and (len(seeds) < 2 or len(set(seeds)) < len(seeds)):
+            raise ValueError("give two distinct seeds or more, or none (one run with training.seed)")
+        return seeds
+
     cpus_per_fold: int = Field(
         1, ge=1, description="--executor ray: the CPUs each fold's task asks for (and the threads it trains with)."
     )

@@ -41,6 +41,7 @@ from texttune.training import train
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "cv_run.json"
+SEEDS_FILE = "seeds_report.json"  # a multi-seed run: each seed's OOF metric, their spread and the blend's
 EXECUTORS = ("sequential", "ray")
 _OUTPUTS = ("folds.csv", "oof.csv", "cv_report.json", REPORT_FILE, "oof_*.png", ENSEMBLE_FILE, "fold-*")
 
@@ -297,7 +298,10 @@ def _run_seeds(recipe: Recipe, force: bool, executor: str) -> CVResult:
     from texttune.blend import blend
 
     started, run = time.perf_counter(), Path(recipe.output.dir)
-    if run.exists() and any(not (e.match("seed-*") or e.name == BLEND_FILE or is_staging(e)) for e in run.iterdir()):
+    if run.exists() and not run.is_dir():
+        raise TexttuneError(f"output.dir {run} is a file; a cv run needs a directory: choose another output.dir")
+    ours = ("seed-*", BLEND_FILE, SEEDS_FILE)
+    if run.exists() and any(not (any(e.match(p) for p in ours) or is_staging(e)) for e in run.iterdir()):
         raise TexttuneError(f"output.dir {run} holds more than a multi-seed cv run; choose another output.dir")
     plan_seed = recipe.training.seed if recipe.cv.seed is None else recipe.cv.seed
     results = []
@@ -313,7 +317,7 @@ def _run_seeds(recipe: Recipe, force: bool, executor: str) -> CVResult:
         results.append(run_cv(single, force, executor))
     metric = results[0].report["metric"]
     report = dict(results[0].report)
-    if len(results) > 1 and processes().main:
+    if processes().main:
         mixed = blend([result.run for result in results], run, inside=True)
         per_seed = [result.report["oof"][metric] for result in results]
         report["seeds"] = {
@@ -325,6 +329,8 @@ def _run_seeds(recipe: Recipe, force: bool, executor: str) -> CVResult:
             "weights": mixed.weights.tolist(),
         }
         report["oof"] = mixed.blend
+        with atomic_file(run / SEEDS_FILE) as staging:
+            staging.write_text(json.dumps(report["seeds"], indent=2) + "\n")
     return CVResult(run, from_main(report), time.perf_counter() - started)
 
 
@@ -438,7 +444,12 @@ def _fit_postprocess(run: Path, recipe: Recipe, spec: TaskSpec, oof: pd.DataFram
         ", ".join(step.name for step in fitted.steps) or "nothing kept",
         _figures(fitted.before), _figures(fitted.cross_fitted),
     )  # fmt: skip
-    return {"steps": steps.to_list(), "before": fitted.before, "cross_fitted": fitted.cross_fitted}
+    return {
+        "steps": steps.to_list(),
+        "before": fitted.before,
+        "cross_fitted": fitted.cross_fitted,
+        "kept": fitted.kept,
+    }
 
 
 def _figures(metrics: dict[str, float]) -> str:
@@ -457,10 +468,15 @@ def _finish(run: Path, recipe: Recipe, plan: _Plan, oof: pd.DataFrame, report: d
     name = "oof_confusion_matrix.png" if figure else "oof_predicted_vs_true.png"
     with atomic_file(run / name) as staging:
         staging.write_bytes(figure or plots.predicted_vs_true(oof, spec.target_columns))
-    with atomic_file(run / REPORT_FILE) as staging:
-        staging.write_text(write_report(run, recipe, plan.examples, plan.folds, oof, report), encoding="utf-8")
     members = [f"fold-{fold}" for fold in range(recipe.cv.folds)]
     with atomic_file(run / ENSEMBLE_FILE) as staging:
         manifest = {"format_version": 1, "members": members, "weights": None, "oof": report["oof"]}
         manifest["postprocess"] = report.get("postprocess", {}).get("steps", [])
         staging.write_text(json.dumps(manifest, indent=2) + "\n")
+    try:  # last, and never fatal: the run is a predictor already
+        page = write_report(run, recipe, plan.examples, plan.folds, oof, report)
+    except Exception as exc:
+        logger.warning("%s not written (%s: %s); the run is complete", run / REPORT_FILE, type(exc).__name__, exc)
+        return
+    with atomic_file(run / REPORT_FILE) as staging:
+        staging.write_text(page, encoding="utf-8")

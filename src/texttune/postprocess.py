@@ -244,7 +244,8 @@ class OOFFit:
 
     steps: tuple[Step, ...]
     before: dict[str, float]
-    cross_fitted: dict[str, float]
+    cross_fitted: dict[str, float]  # what the step would give, kept or not (kept says which parts ship)
+    kept: dict[str, bool]  # per target (snapping), or for the step (temperature)
 
 
 def fit_on_oof(
@@ -272,13 +273,16 @@ def fit_on_oof(
     if task.is_regression:
         before = _rmse(inputs, targets, task.target_columns)
         after = _rmse(crossed, targets, task.target_columns)
-        kept = [after[c] < (1 - MIN_GAIN) * before[c] for c in task.target_columns]
-        fitted = fitted.keep(kept)
-        return OOFFit((fitted,) if any(fitted.weight) else (), before, after)
+        kept = {
+            c: bool(after[c] < (1 - MIN_GAIN) * before[c] and w > 0)
+            for c, w in zip(task.target_columns, fitted.weight)
+        }
+        fitted = fitted.keep(list(kept.values()))
+        return OOFFit((fitted,) if any(fitted.weight) else (), before, after, kept)
     before = {"log_loss": log_loss_of(inputs, targets), "ece": expected_calibration_error(inputs, targets)}
     after = {"log_loss": log_loss_of(crossed, targets), "ece": expected_calibration_error(crossed, targets)}
-    kept = after["log_loss"] < (1 - MIN_GAIN) * before["log_loss"]
-    return OOFFit((fitted,) if kept else (), before, after)
+    kept = bool(after["log_loss"] < (1 - MIN_GAIN) * before["log_loss"])
+    return OOFFit((fitted,) if kept else (), before, after, {"temperature": kept})
 
 
 def _rmse(predictions: np.ndarray, targets: np.ndarray, names: Sequence[str]) -> dict[str, float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from texttune.bundle import (
 from texttune.data import read_table, read_texts, require_columns
 from texttune.errors import TexttuneError
 from texttune.pipeline import Features, TextPipeline
-from texttune.postprocess import softmax
+from texttune.postprocess import PostProcessing, Temperature, softmax
 from texttune.runners import OnnxRunner, Runner, TorchRunner, choose_engine, runs_in_bf16
 from texttune.task import Examples, TaskSpec
 
@@ -58,6 +59,8 @@ class Predictor:
         >>> Predictor.load("models:/ellipse@best")  # the best registered cv ensemble, from the tracking store
     """
 
+    batches_tokens = True  # `outputs_of` runs token batches (what the server's micro-batcher needs)
+
     def __init__(
         self,
         runners: Sequence[Runner],
@@ -74,7 +77,12 @@ class Predictor:
         self.runners = list(runners)
         self.weights = np.asarray(normalized_weights(weights, len(self.runners)))
         self.pipeline = pipeline
-        self.info = info
+        # A fitted temperature divides each member's logits before their probabilities are averaged: it was fitted
+        # and judged on single models' out-of-fold logits, and averaging already softens an ensemble.
+        steps = info.postprocess.steps
+        fitted = steps[0] if steps and isinstance(steps[0], Temperature) else None
+        self.temperature = fitted.value if fitted else 1.0
+        self.info = replace(info, postprocess=PostProcessing(steps[1:])) if fitted else info
         self.batch_size = batch_size
         self.max_tokens = max_tokens
         self.progress = progress
@@ -149,6 +157,7 @@ class Predictor:
             "max_length": self.pipeline.max_length,
             "backbone": self.info.backbone,
             "members": len(self.runners),
+            **({"temperature": self.temperature} if self.temperature != 1.0 else {}),
             "engine": self.engine,
             "version": self.info.versions.get("texttune"),
             **self.about,
@@ -165,6 +174,8 @@ class Predictor:
             batch = collate([features[i] for i in index])
             for member, runner in enumerate(self.runners):
                 outputs[member, index] = runner(batch)
+        if self.temperature != 1.0:
+            outputs /= self.temperature
         if len(self.runners) == 1:
             return outputs[0]
         if self.task.is_regression:

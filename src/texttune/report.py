@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from texttune import plots
 from texttune.config import Recipe
 from texttune.metrics import classification_metrics, regression_metrics
 from texttune.task import Examples, TaskSpec, encode_targets
+
+logger = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
 WORST_ROWS = 20
@@ -58,6 +61,16 @@ def baselines(examples: Examples, folds: np.ndarray, spec: TaskSpec) -> dict[str
     return {"constant": score(constant), "TF-IDF": score(tfidf)}
 
 
+def _baselines_or_nothing(examples: Examples, folds: np.ndarray, spec: TaskSpec) -> dict[str, dict[str, float]]:
+    """The baselines, or none where they cannot be fitted (texts without a repeated word, a training fold of one
+    class): they are for scale, and the page goes on without them."""
+    try:
+        return baselines(examples, folds, spec)
+    except ValueError as exc:
+        logger.warning("report.html: no baselines (%s)", exc)
+        return {}
+
+
 def _joined(examples: Examples) -> list[str]:
     """Each row's text columns in one string, as a person reads them (the model joins them its own way)."""
     return [" | ".join(parts) for parts in zip(*examples.texts.values())]
@@ -85,7 +98,8 @@ def _worst(oof: pd.DataFrame, texts: dict[int, str], spec: TaskSpec) -> pd.DataF
         errors = 1 - probabilities[np.arange(len(oof)), labels]
         shown = {"p(true)": 1 - errors, label: oof[label], f"pred_{label}": oof[f"pred_{label}"]}
     frame = pd.DataFrame({"row": oof["row"] + 1, "fold": oof["fold"], **shown})
-    frame.insert(2, "text", [_cut(texts.get(int(r), "")) for r in oof["row"]])
+    name = "text" if "text" not in frame.columns else "input text"  # a target may be called text
+    frame.insert(2, name, [_cut(texts.get(int(r), "")) for r in oof["row"]])
     order = np.argsort(-np.asarray(errors), kind="stable")[:WORST_ROWS]
     return frame.iloc[order]
 
@@ -108,16 +122,18 @@ def write_report(
          {"fold": "OOF", "rows": report["rows"], **{n: report["oof"][n] for n in names}}]
     )  # fmt: skip
     sections.append(("folds", "Per fold and out of fold", _table(pd.concat([per_fold, summary], ignore_index=True))))
-    scale = baselines(examples, folds, spec)
+    scale = _baselines_or_nothing(examples, folds, spec)
     rows = [{"model": "this run (OOF)", **{n: report["oof"][n] for n in names}}]
     rows += [{"model": f"{name} (same folds)", **{n: values[n] for n in names}} for name, values in scale.items()]
     sections.append(("baselines", "Against baselines on the same folds", _table(pd.DataFrame(rows))))
     fitted = report.get("postprocess")
     if fitted:
         kept = ", ".join(step["name"] for step in fitted["steps"]) or "none (no step helped cross-fitted rows)"
+        kept_for = fitted.get("kept", {})
         evidence = pd.DataFrame(
             {"metric": list(fitted["before"]), "before": list(fitted["before"].values()),
-             "cross-fitted after": [fitted["cross_fitted"][k] for k in fitted["before"]]}
+             "cross-fitted after": [fitted["cross_fitted"][k] for k in fitted["before"]],
+             "kept": [("yes" if kept_for.get(k, any(kept_for.values())) else "no") for k in fitted["before"]]}
         )  # fmt: skip
         text = (
             f"<p>Kept: <b>{html.escape(kept)}</b>. Each fold's rows post-processed by a step fitted on the other "

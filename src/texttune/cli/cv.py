@@ -54,12 +54,16 @@ def run(args: argparse.Namespace) -> int:
     result = collect_cv(recipe) if args.collect else run_cv(recipe, force=args.force, executor=args.executor)
     report = result.report
     print(format_report(report))
-    what = f"blend of {len(report['seeds']['seeds'])} seeds" if "seeds" in report else "out-of-fold"
+    if "seeds" in report:
+        what, where = f"blend of {len(report['seeds']['seeds'])} seeds", "seeds_report.json"
+        spread = f"(seeds {report['seeds']['mean']:.4f} +- {report['seeds']['std']:.4f})"
+    else:
+        what, where = "out-of-fold", "cv_report.json"
+        spread = f"(folds {report['fold_mean']:.4f} +- {report['fold_std']:.4f})"
     print(
-        f"\n{what} {report['metric']} {report['oof'][report['metric']]:.4f} "
-        f"(folds {report['fold_mean']:.4f} +- {report['fold_std']:.4f}); "
+        f"\n{what} {report['metric']} {report['oof'][report['metric']]:.4f} {spread}; "
         f"{'collected' if args.collect else 'ran'} in {result.seconds / 60:.1f} min; "
-        f"report {result.run / 'cv_report.json'}; predict with: texttune predict {result.run} --input ..."
+        f"report {result.run / where}; predict with: texttune predict {result.run} --input ..."
     )
     if result.model_version:
         print(f"registered as {result.model_version}: texttune predict {result.model_version} --input ...")

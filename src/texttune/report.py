@@ -87,10 +87,10 @@ def _table(frame: pd.DataFrame, digits: int = 4) -> str:
 def _worst(oof: pd.DataFrame, texts: dict[int, str], spec: TaskSpec) -> pd.DataFrame:
     """The rows the models got most wrong: largest mean absolute error over the targets, or least probability on
     the true class."""
-    if spec.is_regression:
+    if spec.is_regression:  # one column per target: "true / predicted"
         errors = np.mean([np.abs(oof[f"pred_{t}"] - oof[t]) for t in spec.target_columns], axis=0)
-        shown = {"error": errors, **{t: oof[t] for t in spec.target_columns}}
-        shown |= {f"pred_{t}": oof[f"pred_{t}"] for t in spec.target_columns}
+        shown = {"mean abs error": errors}
+        shown |= {t: [f"{a:g} / {b:.2f}" for a, b in zip(oof[t], oof[f"pred_{t}"])] for t in spec.target_columns}
     else:
         labels = encode_targets(oof, spec)
         probabilities = oof[[f"prob_{label}" for label in spec.labels]].to_numpy(dtype=float)
@@ -105,6 +105,7 @@ def _worst(oof: pd.DataFrame, texts: dict[int, str], spec: TaskSpec) -> pd.DataF
 
 
 def _cut(text: str, limit: int = 400) -> str:
+    text = " ".join(text.split())  # line breaks would show as \\n in the table
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
@@ -170,7 +171,7 @@ def write_report(
         "body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}"
         "table{border-collapse:collapse;font-size:13px;margin:8px 0}"
         "td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right;vertical-align:top}"
-        "#worst td:nth-child(3){text-align:left;max-width:520px}img{max-width:100%;margin:4px}"
+        "#worst td:nth-child(3){text-align:left;min-width:360px;max-width:560px}img{max-width:100%;margin:4px}"
         "figure{display:inline-block;margin:4px;width:48%}figure img{width:100%}pre{background:#f6f6f6;padding:8px}"
         f"</style></head><body><h1>{head}</h1>{body}</body></html>"
     )

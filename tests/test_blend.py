@@ -46,6 +46,7 @@ def test_a_blend_of_two_runs_predicts_and_other_fold_plans_are_refused(write_rec
     assert weights.shape == (2, 2) and np.allclose(weights.sum(axis=0), 1)
     best_single = min(run["mcrmse"] for run in manifest["oof_runs"].values())
     assert manifest["oof"]["mcrmse"] <= best_single + 1e-9  # the weights could have picked either run alone
+    assert set(manifest["oof_cross_fitted"]) == set(manifest["oof"])  # the honest figure, beside it
 
     texts = ["good great film", "awful dull plot", "fine"]
     blended = Predictor.load(tmp_path / "blend")

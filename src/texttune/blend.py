@@ -34,12 +34,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BlendResult:
-    """Where the blend went, its weights (runs x targets, or runs) and the OOF metrics of each run and of the blend."""
+    """Where the blend went, its weights (runs x targets, or runs) and the OOF metrics of each run and of the blend:
+    with the weights fitted on all rows (`blend`, slightly optimistic), and cross-fitted (`cross_fitted`: each fold's
+    rows mixed by weights fitted on the other folds)."""
 
     output: Path
     weights: np.ndarray
     runs: dict[str, dict[str, float]]
     blend: dict[str, float]
+    cross_fitted: dict[str, float]
     postprocess: list[dict[str, Any]]
 
 
@@ -134,6 +137,12 @@ def blend(runs: Sequence[str | Path], output: str | Path, inside: bool = False) 
         spec = TaskSpec("classification", (label,), labels=tuple(labels))
     weights = fit_weights(predictions, targets, regression)
     mixed = _mixed(predictions, weights)
+    folds = first_oof["fold"].to_numpy(dtype=int)
+    crossed = np.empty_like(mixed)  # each fold's rows mixed by weights fitted on the other folds: the honest score
+    for fold in np.unique(folds):
+        held_out = folds == fold
+        fold_weights = fit_weights(predictions[:, ~held_out], targets[~held_out], regression)
+        crossed[held_out] = _mixed(predictions[:, held_out], fold_weights)
     score = (
         (lambda p: regression_metrics(p, targets, spec.target_columns))
         if regression
@@ -144,7 +153,7 @@ def blend(runs: Sequence[str | Path], output: str | Path, inside: bool = False) 
     steps: list[dict[str, Any]] = []
     evidence: dict[str, Any] = {}
     if regression:
-        fitted = fit_on_oof(mixed, targets, first_oof["fold"].to_numpy(dtype=int), spec, PostProcessing())
+        fitted = fit_on_oof(mixed, targets, folds, spec, PostProcessing())
         steps = PostProcessing(fitted.steps).to_list()
         evidence = {"before": fitted.before, "after": fitted.cross_fitted, "kept": fitted.kept}
     per_run = {str(path): score(p) for path, p in zip(paths, predictions)}
@@ -154,6 +163,7 @@ def blend(runs: Sequence[str | Path], output: str | Path, inside: bool = False) 
         "weights": weights.tolist(),
         "postprocess": steps,
         "oof": score(mixed),
+        "oof_cross_fitted": score(crossed),
         "oof_runs": per_run,
         "cross_fitted": evidence,
     }
@@ -162,7 +172,7 @@ def blend(runs: Sequence[str | Path], output: str | Path, inside: bool = False) 
     with atomic_file(output / BLEND_FILE) as staging:  # the folder may hold the runs themselves (cv.seeds)
         staging.write_text(json.dumps(manifest, indent=2) + "\n")
     logger.info("blend written to %s", output)
-    return BlendResult(output, weights, per_run, manifest["oof"], steps)
+    return BlendResult(output, weights, per_run, manifest["oof"], manifest["oof_cross_fitted"], steps)
 
 
 class BlendPredictor(Predictor):

@@ -23,7 +23,10 @@ def run(args: argparse.Namespace) -> int:
     for (path, metrics), weights in zip(result.runs.items(), result.weights):
         shown = " ".join(f"{w:.3f}" for w in (weights if weights.ndim else [weights]))
         print(f"{metrics[metric]:10.5f}  weight {shown}  {path}")
-    print(f"{result.blend[metric]:10.5f}  the blend's out-of-fold {metric}")
+    print(
+        f"{result.blend[metric]:10.5f}  the blend's out-of-fold {metric} "
+        f"({result.cross_fitted[metric]:.5f} with each fold's weights fitted on the other folds)"
+    )
     kept = ", ".join(step["name"] for step in result.postprocess) or "no post-processing kept"
     print(f"{kept}; predict with: texttune predict {result.output} --input ...")
     return 0

@@ -24,7 +24,7 @@ from texttune._io import atomic_file
 from texttune.bundle import BLEND_FILE, ENSEMBLE_FILE
 from texttune.data import read_table
 from texttune.errors import TexttuneError
-from texttune.metrics import classification_metrics, regression_metrics
+from texttune.metrics import task_metrics
 from texttune.postprocess import PostProcessing, Softmax, fit_on_oof
 from texttune.predictor import Predictor
 from texttune.task import TaskSpec
@@ -143,11 +143,10 @@ def blend(runs: Sequence[str | Path], output: str | Path, inside: bool = False) 
         held_out = folds == fold
         fold_weights = fit_weights(predictions[:, ~held_out], targets[~held_out], regression)
         crossed[held_out] = _mixed(predictions[:, held_out], fold_weights)
-    score = (
-        (lambda p: regression_metrics(p, targets, spec.target_columns))
-        if regression
-        else (lambda p: classification_metrics(p, targets))
-    )
+
+    def score(predictions: np.ndarray) -> dict[str, float]:  # scores, or class probabilities
+        return task_metrics(predictions, targets, spec, PostProcessing())
+
     # Scores only: a temperature fitted on mixed single-fold probabilities would be applied to mixed fold
     # ensembles, which averaging has already softened (each run's own temperature is fitted per fold model).
     steps: list[dict[str, Any]] = []

@@ -17,7 +17,8 @@ import yaml
 
 from texttune import plots
 from texttune.config import Recipe
-from texttune.metrics import classification_metrics, regression_metrics
+from texttune.metrics import task_metrics
+from texttune.postprocess import PostProcessing
 from texttune.task import Examples, TaskSpec, encode_targets
 
 logger = logging.getLogger(__name__)
@@ -53,11 +54,10 @@ def baselines(examples: Examples, folds: np.ndarray, spec: TaskSpec) -> dict[str
             probabilities = np.zeros((held_out.sum(), width))
             probabilities[:, model.classes_] = model.predict_proba(vectorizer.transform(texts[held_out]))
             tfidf[held_out] = probabilities
-    score = (
-        (lambda p: regression_metrics(p, targets, spec.target_columns))
-        if spec.is_regression
-        else (lambda p: classification_metrics(p, targets))
-    )
+
+    def score(predictions: np.ndarray) -> dict[str, float]:  # scores, or class probabilities
+        return task_metrics(predictions, targets, spec, PostProcessing())
+
     return {"constant": score(constant), "TF-IDF": score(tfidf)}
 
 

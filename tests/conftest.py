@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import uvicorn
 import yaml
 
 from texttune.metrics import task_metrics
 from texttune.predictor import Predictor
 from texttune.prepare import read_training_examples
+from texttune.serving import ServeSettings, create_app
 from texttune.task import Examples
 from texttune.testing import build_tiny_backbone, synthetic_table
 
@@ -91,3 +98,28 @@ def recompute_valid_metrics(recipe, bundle: Path) -> tuple[dict[str, float], np.
     predictor = Predictor.load(bundle)
     outputs = predictor.predict_outputs(predictor.pipeline.join(valid.texts))
     return task_metrics(outputs, valid.labels, valid.task, predictor.info.postprocess), outputs, valid
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(predictor: Predictor, settings: ServeSettings | None = None) -> Iterator[str]:
+    """uvicorn in a thread on a free loopback port; yields the base URL."""
+    port = free_port()
+    config = uvicorn.Config(create_app(predictor, settings), host="127.0.0.1", port=port, log_level="error")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,6 +15,8 @@ from texttune.blend import BlendPredictor, fit_weights
 from texttune.cli.main import main
 from texttune.cv import run_cv
 from texttune.postprocess import PostProcessing
+
+from .conftest import serving
 
 
 def test_weights_favour_the_better_run_and_stay_on_the_simplex() -> None:
@@ -62,8 +65,12 @@ def test_a_blend_of_two_runs_predicts_and_other_fold_plans_are_refused(write_rec
     assert main(["-q", "predict", str(tmp_path / "blend"), "--input", str(table), "--output", str(out)]) == 0
     assert pd.read_csv(out)["id"].tolist() == ["x", "y", "z"]
 
-    assert main(["-q", "serve", str(tmp_path / "blend")]) == 2
-    assert "a blend cannot be served yet" in capsys.readouterr().err
+    with serving(blended) as url:  # every run tokenizes each request; the runs' mixed scores come back
+        served = httpx.post(f"{url}/predict", json={"texts": texts}).json()["predictions"]
+        card = httpx.get(f"{url}/info").json()
+    scores = np.array([[p["scores"][t] for t in blended.task.target_columns] for p in served])
+    np.testing.assert_allclose(scores, blended.predict(texts).to_numpy(), rtol=0, atol=1e-6)
+    assert card["runs"] == 2 and card["members"] == 6 and card["score"]["kind"] == "blend (out of fold)"
     assert main(["-q", "blend", str(runs[0]), str(runs[0]), "--output", str(tmp_path / "twice")]) == 2
     assert "a run is named twice" in capsys.readouterr().err
     other = run_cv(load_recipe(path, [f"output.dir={tmp_path / 'c'}", "training.seed=7"])).run
@@ -87,8 +94,9 @@ def test_bad_blend_inputs_are_one_line_errors(tmp_path: Path, capsys, arguments:
 
 def test_cv_seeds_is_one_command_for_a_blend_of_seeds(write_recipe, tmp_path: Path, capsys) -> None:
     path = write_recipe("classification", rows=45, training={"epochs": 1}, cv={"folds": 3, "seeds": [1, 2]})
-    run = tmp_path / "seeds"
-    assert main(["-q", "cv", str(path), "--set", f"output.dir={run}"]) == 0
+    run, store = tmp_path / "seeds", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracked = ["tracking.backend=mlflow", f"tracking.uri={store}", "tracking.name=seeds", f"output.dir={run}"]
+    assert main(["-q", "cv", str(path), *(x for o in tracked for x in ("--set", o))]) == 0
     printed = capsys.readouterr().out
     assert "blend of 2 seeds accuracy" in printed and "  mean " in printed and "(seeds " in printed
     summary = json.loads((run / "seeds_report.json").read_text())
@@ -100,6 +108,13 @@ def test_cv_seeds_is_one_command_for_a_blend_of_seeds(write_recipe, tmp_path: Pa
     assert manifest["runs"] == ["seed-1", "seed-2"]
     predictor = Predictor.load(run)
     assert isinstance(predictor, BlendPredictor) and len(predictor.predict(["good film", "bad plot"])) == 2
+    # registered: the blend's version names each seed's ensemble version, fetched folds and all
+    registered = Predictor.load("models:/seeds@latest", tracking_uri=store)
+    assert isinstance(registered, BlendPredictor) and registered.card()["members"] == 6
+    texts = ["good film", "bad plot", "fine"]
+    pd.testing.assert_frame_equal(registered.predict(texts), predictor.predict(texts))
+    best = Predictor.load("models:/seeds@best", tracking_uri=store)  # the blend, where its OOF beats every seed's
+    assert isinstance(best, BlendPredictor) == (summary["blend"]["accuracy"] > max(summary["oof"]))
     assert main(["-q", "cv", str(path), "--set", f"output.dir={run}"]) == 0  # again: both runs resume, complete
 
 

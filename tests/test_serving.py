@@ -12,18 +12,14 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from matplotlib import image
 
 from texttune import load_recipe
@@ -31,37 +27,12 @@ from texttune.cv import run_cv
 from texttune.errors import TexttuneError
 from texttune.export import export_bundle
 from texttune.predictor import Predictor
-from texttune.serving import ServeSettings, create_app
+from texttune.serving import ServeSettings
 from texttune.testing import synthetic_table
 
-from .conftest import train_tiny_bundle
+from .conftest import free_port, serving, train_tiny_bundle
 
 TEXTS = synthetic_table(12, seed=3)["text"].tolist()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serving(predictor: Predictor, settings: ServeSettings | None = None) -> Iterator[str]:
-    """uvicorn in a thread on a free loopback port; yields the base URL."""
-    port = free_port()
-    config = uvicorn.Config(create_app(predictor, settings), host="127.0.0.1", port=port, log_level="error")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 class SlowRunner:

@@ -7,7 +7,6 @@ import json
 import logging
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,23 +24,18 @@ from texttune.cv import run_cv
 from texttune.errors import TexttuneError
 from texttune.lr_find import lr_find
 from texttune.task import TaskSpec
-from texttune.tracking import record_cv, start_run
+from texttune.tracking import record_blend, record_cv, start_run
 from texttune.tracking.models import cache_root
 
+from .conftest import free_port
 from .wandb_records import read_records
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` on 127.0.0.1 with its own SQLite store and proxied artifacts."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     command = [
         *(str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port)),
         *("--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "art")),
@@ -169,7 +163,7 @@ def test_models_uris_that_name_nothing_are_one_line_errors(write_recipe, tmp_pat
     error = capsys.readouterr().err
     assert "there is no texttune store at" in error and "Traceback" not in error and len(error.splitlines()) == 1
     assert not (tmp_path / "nowhere.db").exists()  # reading never creates a store
-    for arguments in (["--tracking-uri", missing], ["--tracking-uri", f"http://127.0.0.1:{_free_port()}"]):
+    for arguments in (["--tracking-uri", missing], ["--tracking-uri", f"http://127.0.0.1:{free_port()}"]):
         assert main(["-q", "runs", *arguments]) == 2
         error = capsys.readouterr().err
         assert error.startswith("texttune: error:") and len(error.splitlines()) == 1
@@ -200,7 +194,7 @@ def test_a_resumed_cv_records_the_folds_it_did_not_train(write_recipe, tmp_path:
 def test_an_unreachable_or_unwritable_store_only_warns(write_recipe, tmp_path: Path, caplog) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
-    for uri in (f"http://127.0.0.1:{_free_port()}", f"sqlite:///{blocker / 'mlflow.db'}"):
+    for uri in (f"http://127.0.0.1:{free_port()}", f"sqlite:///{blocker / 'mlflow.db'}"):
         output = tmp_path / f"bundle-{len(caplog.records)}"
         recipe = load_recipe(
             write_recipe("classification", rows=30, training={"epochs": 1}),
@@ -359,6 +353,16 @@ def test_a_manifest_from_the_store_cannot_reach_outside_its_folder(tmp_path: Pat
                   {"fold-0": "models:/model@champion"})  # fmt: skip
     with pytest.raises(TexttuneError, match="names no version number"):
         Predictor.load("models:/model@best", tracking_uri=uri)
+    blend_dir = tmp_path / "blend"  # a blend's runs are plain folder names too
+    blend_dir.mkdir()
+    (blend_dir / "texttune-blend.json").write_text(json.dumps({"runs": ["../evil"], "weights": [1.0]}))
+    with start_run(recipe, "blend") as run:
+        record_blend(
+            run, blend_dir, {"mcrmse": 0.3}, TaskSpec("regression", ("score",)), {"../evil": "models:/model/1"}
+        )
+    with pytest.raises(TexttuneError, match="the blend's run '../evil' is not a registered cv run of 'model'"):
+        Predictor.load("models:/model@best", tracking_uri=uri)
+    assert not list(cache.glob("*/evil")) and not list(cache.glob("*/*/evil"))
 
 
 class _Recorder:

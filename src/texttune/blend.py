@@ -195,17 +195,22 @@ class BlendPredictor(Predictor):
         self.engine, self.about = first.engine, {}
         self.members, self.blend_weights = list(members), np.asarray(weights)
 
-    batches_tokens = False
+    def card(self) -> dict[str, Any]:
+        return {**super().card(), "members": sum(len(m.runners) for m in self.members), "runs": len(self.members)}
 
-    def outputs_of(self, features: Any) -> np.ndarray:
-        raise TexttuneError("a blend's runs tokenize texts each their own way; predict texts, not features")
+    def encode(self, texts: Sequence[str]) -> list[tuple[Any, ...]]:
+        """Each text tokenized by every run (their tokenizers may differ): one tuple per text."""
+        return list(zip(*(member.encode(texts) for member in self.members)))
 
-    def predict_outputs(self, texts: Sequence[str]) -> np.ndarray:
-        """The mixed predictions as outputs of the blend's post-processing: scores, or log class probabilities."""
+    def tokens(self, encoded: tuple[Any, ...]) -> int:
+        return sum(member.tokens(part) for member, part in zip(self.members, encoded))
+
+    def outputs_of(self, features: Sequence[tuple[Any, ...]]) -> np.ndarray:
+        """The runs' predictions (each post-processed its own way) mixed: scores, or log class probabilities."""
         predictions = []
-        for member in self.members:
-            outputs = member.info.postprocess.apply(member.predict_outputs(texts))  # (N, K)
-            predictions.append(outputs)
+        for index, member in enumerate(self.members):
+            outputs = member.outputs_of([encoded[index] for encoded in features])
+            predictions.append(member.info.postprocess.apply(outputs))  # (N, K)
         mixed = _mixed(np.stack(predictions), self.blend_weights)
         return mixed if self.task.is_regression else np.log(np.clip(mixed, 1e-12, None))
 

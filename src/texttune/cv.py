@@ -35,7 +35,7 @@ from texttune.metrics import best_metric, classification_metrics, regression_met
 from texttune.postprocess import PostProcessing, fit_on_oof
 from texttune.report import REPORT_FILE, write_report
 from texttune.task import Examples, TaskSpec, encode_targets, read_examples
-from texttune.tracking import TrackedRun, recipe_params, record_bundle, record_cv, start_run
+from texttune.tracking import TrackedRun, recipe_params, record_blend, record_bundle, record_cv, start_run
 from texttune.training import train
 
 logger = logging.getLogger(__name__)
@@ -304,7 +304,7 @@ def _run_seeds(recipe: Recipe, force: bool, executor: str) -> CVResult:
     if run.exists() and any(not (any(e.match(p) for p in ours) or is_staging(e)) for e in run.iterdir()):
         raise TexttuneError(f"output.dir {run} holds more than a multi-seed cv run; choose another output.dir")
     plan_seed = recipe.training.seed if recipe.cv.seed is None else recipe.cv.seed
-    results = []
+    results, version = [], None
     for seed in recipe.cv.seeds:
         logger.info("seed %d (%d of %d)", seed, len(results) + 1, len(recipe.cv.seeds))
         single = recipe.model_copy(
@@ -331,7 +331,12 @@ def _run_seeds(recipe: Recipe, force: bool, executor: str) -> CVResult:
         report["oof"] = mixed.blend
         with atomic_file(run / SEEDS_FILE) as staging:
             staging.write_text(json.dumps(report["seeds"], indent=2) + "\n")
-    return CVResult(run, from_main(report), time.perf_counter() - started)
+        spec = load_bundle(results[0].run / "fold-0", model=False).info.task
+        with start_run(recipe, "blend") as tracked:
+            tracked.log_params(recipe_params(recipe, spec))
+            sources = {result.run.name: result.model_version for result in results}
+            version = record_blend(tracked, run, mixed.blend, spec, sources)
+    return CVResult(run, from_main(report), time.perf_counter() - started, from_main(version))
 
 
 def train_fold(recipe: Recipe, fold: int) -> Path:

@@ -59,8 +59,6 @@ class Predictor:
         >>> Predictor.load("models:/ellipse@best")  # the best registered cv ensemble, from the tracking store
     """
 
-    batches_tokens = True  # `outputs_of` runs token batches (what the server's micro-batcher needs)
-
     def __init__(
         self,
         runners: Sequence[Runner],
@@ -183,9 +181,17 @@ class Predictor:
         probabilities = np.tensordot(self.weights, softmax(outputs), axes=1)
         return np.log(np.clip(probabilities, 1e-12, None)).astype(np.float32)
 
+    def encode(self, texts: Sequence[str]) -> list[Any]:
+        """Texts tokenized once, as `outputs_of` takes them (the server tokenizes apart from running the model)."""
+        return self.pipeline.encode(texts)
+
+    def tokens(self, encoded: Any) -> int:
+        """The tokens of one encoded text: what a server's token budget counts."""
+        return len(encoded["input_ids"])
+
     def predict_outputs(self, texts: Sequence[str]) -> np.ndarray:
         """Head outputs (N, C) in input order (see `outputs_of`)."""
-        return self.outputs_of(self.pipeline.encode(texts))
+        return self.outputs_of(self.encode(texts))
 
     def predictions(self, outputs: np.ndarray) -> pd.DataFrame:
         """Head outputs post-processed: scores per target, or the label and per-class probabilities."""

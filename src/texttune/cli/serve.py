@@ -32,7 +32,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
-    from texttune.errors import TexttuneError
     from texttune.predictor import Predictor
     from texttune.serving import ServeSettings, create_app
 
@@ -50,8 +49,6 @@ def run(args: argparse.Namespace) -> int:
         api_key=api_key,
     )
     predictor = Predictor.load(args.bundle, tracking_uri=args.tracking_uri, engine=args.engine)
-    if not predictor.batches_tokens:
-        raise TexttuneError(f"{args.bundle}: a blend cannot be served yet (its runs tokenize apart); serve one run")
     logger.info("serving %s (%s) on http://%s:%d", args.bundle, predictor.engine, args.host, args.port)
     uvicorn.run(create_app(predictor, settings), host=args.host, port=args.port, log_level="warning")
     return 0

@@ -190,7 +190,11 @@ def create_app(predictor: Predictor | Callable[[], Predictor], settings: ServeSe
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         model = predictor if isinstance(predictor, Predictor) else await asyncio.to_thread(predictor)
         batcher = MicroBatcher(
-            model.outputs_of, model.max_tokens, settings.max_queued_texts, observe_batch=metrics.batch.observe
+            model.outputs_of,
+            model.tokens,
+            model.max_tokens,
+            settings.max_queued_texts,
+            observe_batch=metrics.batch.observe,
         )
         await asyncio.to_thread(model.predict_outputs, ["warm up"])  # the first request pays no set-up
         batcher.start()
@@ -253,7 +257,7 @@ def create_app(predictor: Predictor | Callable[[], Predictor], settings: ServeSe
         texts = texts_of(body, model)
         if not texts:
             return {"predictions": []}
-        features = await asyncio.to_thread(model.pipeline.encode, texts)
+        features = await asyncio.to_thread(model.encode, texts)
         try:
             future = state["batcher"].submit(features)
         except Overloaded as exc:

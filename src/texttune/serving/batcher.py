@@ -46,6 +46,7 @@ class MicroBatcher:
 
     Args:
         run: the model on a list of tokenized texts (`Predictor.outputs_of`), in their order.
+        tokens: the tokens of one tokenized text (`Predictor.tokens`).
         max_tokens: tokens merged into one run (a request larger than this runs alone).
         max_queued_texts: texts waiting or running at most; more are refused with `Overloaded`.
         observe_batch: called with the number of texts of each run (for metrics).
@@ -54,11 +55,13 @@ class MicroBatcher:
     def __init__(
         self,
         run: Callable[[Sequence[Features]], np.ndarray],
+        tokens: Callable[[Features], int],
         max_tokens: int,
         max_queued_texts: int,
         observe_batch: Callable[[int], None] = lambda size: None,
     ) -> None:
         self.run = run
+        self.tokens = tokens
         self.max_tokens = max_tokens
         self.max_queued_texts = max_queued_texts
         self.observe_batch = observe_batch
@@ -102,7 +105,7 @@ class MicroBatcher:
             wait = (self._queued_texts + len(features)) * self._seconds_per_text
             raise Overloaded(max(1, math.ceil(wait)))
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(features, sum(len(f["input_ids"]) for f in features), future))
+        self._queue.append(_Pending(features, sum(map(self.tokens, features)), future))
         self._queued_texts += len(features)
         future.add_done_callback(lambda _: self._release(len(features)))  # answered, failed or given up
         self._wake.set()

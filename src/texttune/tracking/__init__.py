@@ -15,6 +15,7 @@ _EXPORTS = {
     "start_run": "texttune.tracking.run",
     "log_entry": "texttune.tracking.record",
     "recipe_params": "texttune.tracking.record",
+    "record_blend": "texttune.tracking.record",
     "record_bundle": "texttune.tracking.record",
     "record_cv": "texttune.tracking.record",
     "record_lr_find": "texttune.tracking.record",

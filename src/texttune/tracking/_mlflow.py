@@ -27,7 +27,7 @@ from texttune.errors import TexttuneError
 logger = logging.getLogger(__name__)
 
 EMBEDDED_URI = "sqlite:///texttune-runs/mlflow.db"
-ROLE_TAG = "texttune.role"  # model (a train bundle), fold (one cv fold) or ensemble (a cv run's manifest)
+ROLE_TAG = "texttune.role"  # model (a train bundle), fold (a cv fold), ensemble (a cv run's manifest) or blend
 SCORE_TAG = "texttune.score"
 DIGEST_TAG = "texttune.digest"
 HOST_TAG, PID_TAG = "texttune.host", "texttune.pid"  # which process owns a RUNNING run

@@ -5,7 +5,8 @@ reads `@latest` (and `/latest`) itself: the newest version that predicts on its 
 ensemble, not a single fold. A version is immutable, so the cache (`$TEXTTUNE_CACHE`, else
 `~/.cache/texttune`) keeps it by store, name, version and run, and an alias is resolved anew each time. An ensemble
 version holds only its manifest; its folds are fetched from the versions it names, into the same folder, which
-then reads like the cv run directory it came from.
+then reads like the cv run directory it came from. A blend version (a multi-seed cv run) names its runs' ensemble
+versions the same way, and each is fetched, folds and all, into its run's folder.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from texttune.bundle import BUNDLE_FILE, ENSEMBLE_FILE
+from texttune.bundle import BLEND_FILE, BUNDLE_FILE, ENSEMBLE_FILE
 from texttune.errors import TexttuneError
 from texttune.tracking._mlflow import ROLE_TAG, first_line, open_store, sqlite_path, store_errors
 
 _URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+|latest)|@(?P<alias>[\w.-]+))/?")
 _MEMBER = re.compile(r"fold-\d+")
+_RUN = re.compile(r"[\w][\w.-]*")  # a blend's run folder: one plain name, never a path
 
 
 def cache_root() -> Path:
@@ -67,29 +69,49 @@ def _download(mlflow: Any, store: str, name: str, version: str, destination: Pat
     get_artifact_repository(source, tracking_uri=store).download_artifacts("", dst_path=str(destination))
 
 
-def _members(uri: str, name: str, staging: Path) -> dict[str, str]:
-    """An ensemble's fold folders and the versions they come from; a manifest is data from the store, so its
-    names must be plain fold folders and its sources numbered versions of the same model."""
+def _parts(uri: str, name: str, staging: Path) -> dict[str, str]:
+    """The folders a version's manifest points at, and the versions they come from: an ensemble's folds, or a
+    blend's runs (each a cv ensemble). A manifest is data from the store, so its folders must be plain names (a
+    fold folder, for an ensemble) and its sources numbered versions of the same model."""
+    if (staging / ENSEMBLE_FILE).is_file():
+        file, key, kind, part, pattern = ENSEMBLE_FILE, "members", "ensemble", "member", _MEMBER
+    elif (staging / BLEND_FILE).is_file():
+        file, key, kind, part, pattern = BLEND_FILE, "runs", "blend", "run", _RUN
+    else:
+        return {}
     try:
-        manifest = json.loads((staging / ENSEMBLE_FILE).read_text())
-        sources, members = dict(manifest.get("sources", {})), list(manifest.get("members", []))
+        manifest = json.loads((staging / file).read_text())
+        sources, members = dict(manifest.get("sources", {})), list(manifest.get(key, []))
     except (ValueError, TypeError, AttributeError) as exc:
-        raise TexttuneError(f"{uri}: the ensemble's manifest is unreadable ({first_line(exc)})") from None
+        raise TexttuneError(f"{uri}: the {kind}'s manifest is unreadable ({first_line(exc)})") from None
     versions = {}
     for member in members:
         match = _URI.fullmatch(str(sources.get(member, "")))
-        if not _MEMBER.fullmatch(str(member)) or match is None or match["name"] != name:
-            raise TexttuneError(f"{uri}: the ensemble's member {member!r} is not a registered fold of '{name}'")
+        if not pattern.fullmatch(str(member)) or match is None or match["name"] != name:
+            what = "fold" if kind == "ensemble" else "cv run"
+            raise TexttuneError(f"{uri}: the {kind}'s {part} {member!r} is not a registered {what} of '{name}'")
         if not (match["version"] or "").isdigit():
-            raise TexttuneError(f"{uri}: the ensemble's member {member!r} names no version number")
+            raise TexttuneError(f"{uri}: the {kind}'s {part} {member!r} names no version number")
         versions[member] = match["version"]
     if set(sources) != set(members):
-        raise TexttuneError(f"{uri}: the ensemble's sources do not match its members")
+        raise TexttuneError(f"{uri}: the {kind}'s sources do not match its {key}")
     return versions
 
 
+def _fetch_into(mlflow: Any, store: str, uri: str, name: str, version: str, folder: Path, depth: int = 0) -> None:
+    """A version's files, and those of the versions its manifest points at (a blend's runs, then their folds)."""
+    _download(mlflow, store, name, version, folder)
+    parts = _parts(uri, name, folder)
+    if parts and depth == 2:
+        raise TexttuneError(f"{uri}: version {version} nests manifests deeper than a blend of cv runs")
+    for part, source in parts.items():
+        _fetch_into(mlflow, store, uri, name, source, folder / part, depth + 1)
+        if (folder / BLEND_FILE).is_file() and not (folder / part / ENSEMBLE_FILE).is_file():
+            raise TexttuneError(f"{uri}: the blend's run {part!r} (version {source}) is not a cv ensemble")
+
+
 def _complete(folder: Path) -> bool:
-    return (folder / BUNDLE_FILE).is_file() or (folder / ENSEMBLE_FILE).is_file()
+    return any((folder / file).is_file() for file in (BUNDLE_FILE, ENSEMBLE_FILE, BLEND_FILE))
 
 
 def fetch_model(uri: str, tracking: str | None = None) -> Path:
@@ -120,12 +142,9 @@ def fetch_model(uri: str, tracking: str | None = None) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"  # made with the umask, unlike mkdtemp
     try:
-        _download(mlflow, store, name, str(found.version), staging)
-        if (staging / ENSEMBLE_FILE).is_file():
-            for member, version in _members(uri, name, staging).items():
-                _download(mlflow, store, name, version, staging / member)
+        _fetch_into(mlflow, store, uri, name, str(found.version), staging)
         if not _complete(staging):
-            raise TexttuneError(f"{uri}: version {found.version} holds no texttune bundle or ensemble")
+            raise TexttuneError(f"{uri}: version {found.version} holds no texttune bundle, ensemble or blend")
         try:
             staging.rename(folder)
         except OSError:  # another process fetched it first: keep theirs, which readers may already use

@@ -18,7 +18,7 @@ import transformers
 
 from texttune import __version__
 from texttune._io import scratch_directory
-from texttune.bundle import ENSEMBLE_FILE
+from texttune.bundle import BLEND_FILE, ENSEMBLE_FILE
 from texttune.config import Recipe
 from texttune.history import Entry
 from texttune.metrics import best_metric
@@ -144,6 +144,31 @@ def _record_cv(
         (Path(staging) / ENSEMBLE_FILE).write_text(json.dumps({**manifest, "sources": dict(sources)}, indent=2))
         tags = {"texttune.role": "ensemble", "texttune.metric": metric, "texttune.folds": str(len(sources))}
         return run.log_model(staging, "ensemble", tags, best=(report["oof"][metric], greater_is_better))
+
+
+def record_blend(
+    run: TrackedRun, directory: str | Path, oof: Mapping[str, float], spec: TaskSpec, sources: Mapping[str, str | None]
+) -> str | None:
+    """Record a blend of cv runs (a multi-seed run): its out-of-fold metrics (`oof_*`), its seeds' report, and its
+    manifest as a model version pointing at the runs' ensemble versions (`sources`: run folder -> reference). The
+    version becomes `best` when its OOF score beats the best one."""
+    return run.attempt(f"the blend {directory}", lambda: _record_blend(run, Path(directory), oof, spec, sources))
+
+
+def _record_blend(
+    run: TrackedRun, directory: Path, oof: Mapping[str, float], spec: TaskSpec, sources: Mapping[str, str | None]
+) -> str | None:
+    metric, greater_is_better = best_metric(spec)
+    run.log_metrics(_prefixed("oof_", oof))
+    with _selection(directory, ("seeds_report.json", BLEND_FILE)) as files:
+        run.log_artifacts(files)
+    if not all(sources.values()):
+        return None  # a run is not registered: no blend to point at
+    manifest = json.loads((directory / BLEND_FILE).read_text())
+    with scratch_directory("tracking") as staging:
+        (Path(staging) / BLEND_FILE).write_text(json.dumps({**manifest, "sources": dict(sources)}, indent=2))
+        tags = {"texttune.role": "blend", "texttune.metric": metric, "texttune.runs": str(len(sources))}
+        return run.log_model(staging, "blend", tags, best=(oof[metric], greater_is_better))
 
 
 def record_lr_find(run: TrackedRun, result: Any, plot: str | Path | None) -> None:

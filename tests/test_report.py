@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import subprocess
@@ -14,7 +15,9 @@ import pytest
 from matplotlib import image
 
 from texttune import load_recipe
+from texttune.cli.main import main
 from texttune.cv import run_cv
+from texttune.lr_find import lr_find_plot
 from texttune.report import baselines
 from texttune.task import read_examples
 
@@ -84,3 +87,33 @@ def test_chromium_draws_the_report(write_recipe, tmp_path: Path) -> None:
     assert pixels.shape[:2] == (1600, 1200)
     blues = (pixels[..., 2] > 0.6) & (pixels[..., 0] < 0.45)  # the confusion matrix's and the bars' blues
     assert blues.sum() > 2000, "no figure drawn"
+
+
+def test_a_multi_seed_run_reports_the_spread_of_its_seeds_and_links_their_reports(
+    write_recipe, tmp_path: Path
+) -> None:
+    path = write_recipe("regression", rows=40, training={"epochs": 1}, cv={"folds": 2, "seeds": [1, 2, 3]})
+    run = run_cv(load_recipe(path, [f"output.dir={tmp_path / 'run'}"])).run
+    page = (run / "report.html").read_text()
+    parsed = _Page()
+    parsed.feed(page)
+    assert {"runs", "weights", "oof", "reports"} <= set(parsed.sections) <= {*SECTIONS, "runs", "weights", "reports"}
+    assert parsed.rows_in["runs"] == 1 + 3 + 4  # header, each seed, mean, std, the blend twice
+    assert parsed.rows_in["weights"] == 1 + 3
+    pages = [link for link in parsed.links if not link.startswith("data:")]
+    assert pages == [f"seed-{seed}/report.html" for seed in (1, 2, 3)]  # relative: the run moves as a whole
+    assert all((run / link).is_file() for link in pages)
+    assert "http://" not in page and "https://" not in page
+    seeds = json.loads((run / "seeds_report.json").read_text())
+    assert f"&plusmn; {np.std(seeds['oof']):.4f}" in page  # the seeds' spread in the heading
+
+
+def test_the_lr_finder_plot_of_the_recipe_joins_the_report(write_recipe, tmp_path: Path) -> None:
+    path = write_recipe("classification", rows=40, training={"epochs": 1}, cv={"folds": 2})
+    recipe = load_recipe(path, [f"output.dir={tmp_path / 'run'}"])
+    assert main(["-q", "lr-find", str(path), "--set", f"output.dir={tmp_path / 'run'}", "--steps", "8"]) == 0
+    assert lr_find_plot(recipe.output.dir).is_file()
+    run = run_cv(recipe).run
+    parsed = _Page()
+    parsed.feed((run / "report.html").read_text())
+    assert set(parsed.sections) == SECTIONS | {"lr-find"} and parsed.rows_in.get("lr-find", 0) == 0

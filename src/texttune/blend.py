@@ -27,6 +27,7 @@ from texttune.errors import TexttuneError
 from texttune.metrics import task_metrics
 from texttune.postprocess import PostProcessing, Softmax, fit_on_oof
 from texttune.predictor import Predictor
+from texttune.report import save_report, write_blend_report
 from texttune.task import TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -171,6 +172,14 @@ def blend(runs: Sequence[str | Path], output: str | Path, inside: bool = False) 
     with atomic_file(output / BLEND_FILE) as staging:  # the folder may hold the runs themselves (cv.seeds)
         staging.write_text(json.dumps(manifest, indent=2) + "\n")
     logger.info("blend written to %s", output)
+    if regression:
+        shown = PostProcessing.from_list(steps).apply(mixed)
+        truth = first_oof[["row", *spec.target_columns]]
+    else:
+        shown, truth = mixed, first_oof[["row"]]
+    save_report(
+        output, lambda: write_blend_report(output, manifest, spec, truth, shown, None if regression else targets)
+    )
     return BlendResult(output, weights, per_run, manifest["oof"], manifest["oof_cross_fitted"], steps)
 
 

@@ -33,7 +33,7 @@ from texttune.fingerprint import changes, fingerprint
 from texttune.folds import make_folds
 from texttune.metrics import best_metric, classification_metrics, regression_metrics
 from texttune.postprocess import PostProcessing, fit_on_oof
-from texttune.report import REPORT_FILE, write_report
+from texttune.report import REPORT_FILE, save_report, write_report
 from texttune.task import Examples, TaskSpec, encode_targets, read_examples
 from texttune.tracking import TrackedRun, recipe_params, record_blend, record_bundle, record_cv, start_run
 from texttune.training import train
@@ -300,7 +300,7 @@ def _run_seeds(recipe: Recipe, force: bool, executor: str) -> CVResult:
     started, run = time.perf_counter(), Path(recipe.output.dir)
     if run.exists() and not run.is_dir():
         raise TexttuneError(f"output.dir {run} is a file; a cv run needs a directory: choose another output.dir")
-    ours = ("seed-*", BLEND_FILE, SEEDS_FILE)
+    ours = ("seed-*", BLEND_FILE, SEEDS_FILE, REPORT_FILE)
     if run.exists() and any(not (any(e.match(p) for p in ours) or is_staging(e)) for e in run.iterdir()):
         raise TexttuneError(f"output.dir {run} holds more than a multi-seed cv run; choose another output.dir")
     plan_seed = recipe.training.seed if recipe.cv.seed is None else recipe.cv.seed
@@ -478,10 +478,4 @@ def _finish(run: Path, recipe: Recipe, plan: _Plan, oof: pd.DataFrame, report: d
         manifest = {"format_version": 1, "members": members, "weights": None, "oof": report["oof"]}
         manifest["postprocess"] = report.get("postprocess", {}).get("steps", [])
         staging.write_text(json.dumps(manifest, indent=2) + "\n")
-    try:  # last, and never fatal: the run is a predictor already
-        page = write_report(run, recipe, plan.examples, plan.folds, oof, report)
-    except Exception as exc:
-        logger.warning("%s not written (%s: %s); the run is complete", run / REPORT_FILE, type(exc).__name__, exc)
-        return
-    with atomic_file(run / REPORT_FILE) as staging:
-        staging.write_text(page, encoding="utf-8")
+    save_report(run, lambda: write_report(run, recipe, plan.examples, plan.folds, oof, report))  # last

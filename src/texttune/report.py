@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ import pandas as pd
 import yaml
 
 from texttune import plots
+from texttune._io import atomic_file
 from texttune.config import Recipe
+from texttune.lr_find import lr_find_plot
 from texttune.metrics import task_metrics
 from texttune.postprocess import PostProcessing
 from texttune.task import Examples, TaskSpec, encode_targets
@@ -25,6 +28,18 @@ logger = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
 WORST_ROWS = 20
+
+
+def save_report(folder: Path, build: Callable[[], str]) -> None:
+    """`folder/report.html` from `build()`, written atomically, and never fatal: the run or blend it describes is
+    complete already, so a page that cannot be drawn is a warning."""
+    try:
+        page = build()
+    except Exception as exc:
+        logger.warning("%s not written (%s: %s); the run is complete", folder / REPORT_FILE, type(exc).__name__, exc)
+        return
+    with atomic_file(folder / REPORT_FILE) as staging:
+        staging.write_text(page, encoding="utf-8")
 
 
 def baselines(examples: Examples, folds: np.ndarray, spec: TaskSpec) -> dict[str, dict[str, float]]:
@@ -78,6 +93,10 @@ def _joined(examples: Examples) -> list[str]:
 
 def _image(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _figure(png: bytes, caption: str) -> str:
+    return f"<figure>{_image(png, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
 def _table(frame: pd.DataFrame, digits: int = 4) -> str:
@@ -144,30 +163,33 @@ def write_report(
             ("postprocess", "Post-processing fitted on the out-of-fold predictions", text + _table(evidence))
         )
     if spec.is_regression:
-        figures = _image(plots.predicted_vs_true(oof, spec.target_columns), "predicted vs true")
+        figures = _oof_figures(spec, oof, oof[[f"pred_{t}" for t in spec.target_columns]].to_numpy(dtype=float))
     else:
         probabilities = oof[[f"prob_{label}" for label in spec.labels]].to_numpy(dtype=float)
-        figures = _image(plots.confusion(report["confusion_matrix"]), "confusion matrix") + _image(
-            plots.reliability(probabilities, encode_targets(oof, spec)), "reliability diagram"
-        )
+        figures = _oof_figures(spec, oof, probabilities, encode_targets(oof, spec))
     sections.append(("oof", "Out-of-fold predictions", figures))
-    curves = [
-        f"<figure>{_image(path.read_bytes(), path.parent.name)}<figcaption>{path.parent.name}</figcaption></figure>"
-        for path in sorted(run.glob("fold-*/training_curves.png"))
-    ]
+    curves = [_figure(path.read_bytes(), path.parent.name) for path in sorted(run.glob("fold-*/training_curves.png"))]
     sections.append(("curves", "Training curves per fold", "".join(curves) or "<p>none found</p>"))
     texts = dict(zip(examples.rows.tolist(), _joined(examples)))
     sections.append(("worst", f"The {WORST_ROWS} worst-predicted rows", _table(_worst(oof, texts, spec), 3)))
     recipe_text = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
     sections.append(("recipe", "Recipe (resolved)", f"<pre>{html.escape(recipe_text)}</pre>"))
+    lr_plot = lr_find_plot(run)
+    if lr_plot.is_file():
+        caption = f"{lr_plot.name}, the last texttune lr-find of this recipe's output.dir"
+        sections.append(("lr-find", "LR range test", _figure(lr_plot.read_bytes(), caption)))
     metric = report["metric"]
     head = (
         f"{html.escape(recipe.tracking.name or run.name)}: {report['folds']}-fold cv of {report['rows']} rows, "
         f"OOF {metric} {report['oof'][metric]:.4f} (folds {report['fold_mean']:.4f} &plusmn; {report['fold_std']:.4f})"
     )
+    return _page("texttune cv report", head, sections)
+
+
+def _page(title: str, head: str, sections: list[tuple[str, str, str]]) -> str:
     body = "".join(f'<section id="{key}"><h2>{title}</h2>{content}</section>' for key, title, content in sections)
     return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>texttune cv report</title><style>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>"
         "body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}"
         "table{border-collapse:collapse;font-size:13px;margin:8px 0}"
         "td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right;vertical-align:top}"
@@ -175,3 +197,68 @@ def write_report(
         "figure{display:inline-block;margin:4px;width:48%}figure img{width:100%}pre{background:#f6f6f6;padding:8px}"
         f"</style></head><body><h1>{head}</h1>{body}</body></html>"
     )
+
+
+def _oof_figures(
+    spec: TaskSpec, truth: pd.DataFrame, predictions: np.ndarray, labels: np.ndarray | None = None
+) -> str:
+    """Predicted vs true per target (`predictions`: scores), or the confusion matrix and the reliability diagram
+    (`predictions`: class probabilities, `labels`: the true classes' indices)."""
+    if spec.is_regression:
+        frame = truth.assign(**{f"pred_{t}": predictions[:, i] for i, t in enumerate(spec.target_columns)})
+        return _image(plots.predicted_vs_true(frame, spec.target_columns), "predicted vs true")
+    from sklearn.metrics import confusion_matrix
+
+    names = list(spec.labels)
+    matrix = confusion_matrix(labels, predictions.argmax(axis=1), labels=range(len(names)))
+    return _image(plots.confusion({"labels": names, "counts": matrix.tolist()}), "confusion matrix") + _image(
+        plots.reliability(predictions, labels), "reliability diagram"
+    )
+
+
+def write_blend_report(
+    output: Path, manifest: dict[str, Any], spec: TaskSpec, truth: pd.DataFrame, predictions: np.ndarray,
+    labels: np.ndarray | None,
+) -> str:  # fmt: skip
+    """The page of a blend (`texttune blend`, or the blend of a multi-seed cv run), as a string: each run's OOF
+    metrics and their spread, the blend's weights and OOF metrics (fitted on all rows, and cross-fitted), its
+    post-processing, its OOF figures (`predictions` post-processed), and links to the runs' own reports."""
+    names = list(manifest["oof"])
+    runs = pd.DataFrame(
+        [{"run": run, **scores} for run, scores in zip(manifest["runs"], manifest["oof_runs"].values())]
+    )
+    spread = pd.DataFrame(
+        [{"run": "mean of the runs", **runs[names].mean().to_dict()},
+         {"run": "std of the runs", **runs[names].std(ddof=0).to_dict()},
+         {"run": "blend (weights fitted on all rows)", **manifest["oof"]},
+         {"run": "blend (cross-fitted weights)", **manifest["oof_cross_fitted"]}]
+    )  # fmt: skip
+    sections = [("runs", "Each run and the blend, out of fold", _table(pd.concat([runs, spread], ignore_index=True)))]
+    weights = np.asarray(manifest["weights"], dtype=float)
+    columns = spec.target_columns if weights.ndim == 2 else ["weight"]
+    table = pd.DataFrame(weights.reshape(len(runs), -1), columns=list(columns))
+    sections.append(("weights", "Weights (non-negative, summing to 1)", _table(table.assign(run=runs["run"]), 3)))
+    evidence = manifest.get("cross_fitted") or {}
+    if evidence:
+        kept = ", ".join(step["name"] for step in manifest["postprocess"]) or "none (no step helped cross-fitted rows)"
+        frame = pd.DataFrame(
+            {"metric": list(evidence["before"]), "before": list(evidence["before"].values()),
+             "cross-fitted after": [evidence["after"][k] for k in evidence["before"]],
+             "kept": ["yes" if evidence["kept"].get(k) else "no" for k in evidence["before"]]}
+        )  # fmt: skip
+        sections.append(("postprocess", "Post-processing fitted on the blended out-of-fold predictions",
+                         f"<p>Kept: <b>{html.escape(kept)}</b>.</p>" + _table(frame)))  # fmt: skip
+    sections.append(("oof", "Out-of-fold predictions of the blend", _oof_figures(spec, truth, predictions, labels)))
+    links = [
+        f'<li><a href="{html.escape(run)}/{REPORT_FILE}">{html.escape(run)}</a></li>'
+        for run in manifest["runs"]
+        if (output / run / REPORT_FILE).is_file()
+    ]
+    sections.append(("reports", "The runs' own reports", f"<ul>{''.join(links)}</ul>" if links else "<p>none</p>"))
+    metric = "mcrmse" if spec.is_regression else "accuracy"
+    head = (
+        f"blend of {len(runs)} runs: OOF {metric} {manifest['oof'][metric]:.4f} (cross-fitted "
+        f"{manifest['oof_cross_fitted'][metric]:.4f}); runs {runs[metric].mean():.4f} &plusmn; "
+        f"{runs[metric].std(ddof=0):.4f}"
+    )
+    return _page("texttune blend report", head, sections)

@@ -21,11 +21,10 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from texttune.lr_find import lr_find
+    from texttune.lr_find import lr_find, lr_find_plot
 
     recipe = load_recipe(args.recipe, args.overrides)
-    bundle = Path(recipe.output.dir)
-    plot = Path(args.plot) if args.plot else bundle.with_name(f"{bundle.name}-lr_find.png")
+    plot = Path(args.plot) if args.plot else lr_find_plot(recipe.output.dir)
     result = lr_find(recipe, start=args.start, end=args.end, steps=args.steps, plot=plot)
     summary = {
         "suggestions": {name: float(f"{rate:.3g}") for name, rate in result.suggestions.items()},

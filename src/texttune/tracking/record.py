@@ -160,7 +160,7 @@ def _record_blend(
 ) -> str | None:
     metric, greater_is_better = best_metric(spec)
     run.log_metrics(_prefixed("oof_", oof))
-    with _selection(directory, ("seeds_report.json", BLEND_FILE)) as files:
+    with _selection(directory, ("seeds_report.json", "report.html", BLEND_FILE)) as files:
         run.log_artifacts(files)
     if not all(sources.values()):
         return None  # a run is not registered: no blend to point at

@@ -64,6 +64,11 @@ def test_a_blend_of_two_runs_predicts_and_other_fold_plans_are_refused(write_rec
     out = tmp_path / "submission.csv"
     assert main(["-q", "predict", str(tmp_path / "blend"), "--input", str(table), "--output", str(out)]) == 0
     assert pd.read_csv(out)["id"].tolist() == ["x", "y", "z"]
+    with pytest.raises(SystemExit):
+        main(
+            ["-q", "predict", str(tmp_path / "blend"), "--input", str(table), "--output", str(out), "--probabilities"]
+        )
+    assert "--probabilities is for classification models" in capsys.readouterr().err
 
     with serving(blended) as url:  # every run tokenizes each request; the runs' mixed scores come back
         served = httpx.post(f"{url}/predict", json={"texts": texts}).json()["predictions"]

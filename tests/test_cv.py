@@ -268,6 +268,36 @@ def test_post_processing_fitted_on_oof_is_reported_stored_and_applied_unless_raw
         shown = json.loads(capsys.readouterr().out)["probabilities"]
         np.testing.assert_allclose(list(shown.values()), expected[0], rtol=1e-5)
 
+    # --probabilities writes them into the submission; --class-prior moves them to a known test prior
+    table = tmp_path / "test.csv"
+    pd.DataFrame({"id": ["x", "y", "z"], "text": texts}).to_csv(table, index=False)
+    labels = list(predictor.task.labels)
+    counts = np.asarray(json.loads((run / "cv_report.json").read_text())["confusion_matrix"]["counts"]).sum(axis=1)
+    prior = {label: 0.8 if index == 0 else 0.2 / (len(labels) - 1) for index, label in enumerate(labels)}
+    shares = ",".join(f"{label}={share}" for label, share in prior.items())
+    for flags, name in (([], "plain.csv"), (["--class-prior", shares], "moved.csv")):
+        submission = ["--input", str(table), "--output", str(tmp_path / name), "--probabilities"]
+        assert main(["-q", "predict", str(run), *submission, *flags]) == 0
+    plain_table, moved_table = (pd.read_csv(tmp_path / name) for name in ("plain.csv", "moved.csv"))
+    columns = [f"prob_{label}" for label in labels]
+    assert list(plain_table.columns) == ["id", "label", *columns] and plain_table["id"].tolist() == ["x", "y", "z"]
+    np.testing.assert_allclose(plain_table[columns].to_numpy(), tempered, rtol=1e-5)
+    moved = tempered * np.array(list(prior.values())) / (counts / counts.sum())  # Bayes' rule for a label shift
+    np.testing.assert_allclose(moved_table[columns].to_numpy(), moved / moved.sum(axis=1, keepdims=True), rtol=1e-5)
+    assert Predictor.load(run, class_prior=prior).card()["class_prior"] == prior
+    refused = {
+        "unknown labels ['nope']": [str(run), "--class-prior", f"{shares},nope=0.1"],
+        "needs the training rows' class shares": [str(run / "fold-0"), "--class-prior", shares],
+        "every share must be positive": [str(run), "--class-prior", shares.replace("=0.8", "=0")],
+    }
+    for message, arguments in refused.items():
+        assert main(["-q", "predict", *arguments, "--text", "fine"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit):  # argparse's usage, then its one-line error
+        main(["-q", "predict", str(run), "--class-prior", "half", "--text", "fine"])
+    assert "--class-prior: expected LABEL=SHARE,... (e.g. neg=0.7,pos=0.3), got 'half'" in capsys.readouterr().err
+
 
 def test_a_report_that_fails_leaves_a_complete_run(write_recipe, tmp_path: Path, monkeypatch, caplog) -> None:
     def broken(*args):

@@ -10,6 +10,7 @@ import pytest
 from texttune.errors import TexttuneError
 from texttune.postprocess import (
     STEPS,
+    ClassPrior,
     Clip,
     PostProcessing,
     Snap,
@@ -18,6 +19,7 @@ from texttune.postprocess import (
     fit_on_oof,
     grid_step,
     log_loss_of,
+    softmax,
 )
 from texttune.task import TaskSpec
 
@@ -33,7 +35,8 @@ def test_clip_learns_the_targets_range_and_softmax_normalises() -> None:
 def test_every_registered_step_round_trips_through_json(name: str) -> None:
     scores = np.array([[1.0, 2.0], [3.0, 5.0], [1.5, 2.5], [2.0, 3.0]])
     fitting = {"temperature": (np.array([[4.0, -1.0], [3.0, 0.0], [-2.0, 1.0]]), np.array([0, 1, 1]))}
-    step = STEPS[name]().fit(*fitting.get(name, (scores + 0.1, scores)))
+    known = {"class_prior": ClassPrior.between([1.0, 1.0], [3.0, 1.0])}  # given, not fitted
+    step = known.get(name) or STEPS[name]().fit(*fitting.get(name, (scores + 0.1, scores)))
     chain = PostProcessing((step,))
     again = PostProcessing.from_list(json.loads(json.dumps(chain.to_list())))
     assert again == chain
@@ -100,3 +103,25 @@ def test_temperature_softens_an_over_confident_model_and_is_dropped_for_a_calibr
     assert abs(Temperature().fit(logits, labels).value - 1) < 0.1
     accuracy = (temperature.apply(3 * logits).argmax(1) == (3 * logits).argmax(1)).all()
     assert accuracy  # the order of the logits, so the predicted class, is unchanged
+
+
+def test_a_known_test_prior_lowers_the_log_loss_of_shifted_test_rows_and_an_equal_one_changes_nothing() -> None:
+    rng = np.random.default_rng(3)
+
+    def rows(prior: list[float], count: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = rng.choice(3, size=count, p=prior)
+        features = rng.normal(labels, 1.2)  # one noisy feature per row
+        return features, labels
+
+    def calibrated_logits(features: np.ndarray, prior: list[float]) -> np.ndarray:  # Bayes under `prior`
+        return -0.5 * ((features[:, None] - np.arange(3)) / 1.2) ** 2 + np.log(prior)
+
+    training_prior, test_prior = [1 / 3, 1 / 3, 1 / 3], [0.7, 0.2, 0.1]
+    features, labels = rows(test_prior, 4000)
+    logits = calibrated_logits(features, training_prior)  # a model calibrated on balanced training rows
+    moved = ClassPrior.between([300, 300, 300], test_prior).apply(logits)  # counts or shares alike
+    assert log_loss_of(moved, labels) < log_loss_of(logits, labels) - 0.05
+    exact = calibrated_logits(features, test_prior)  # the model had it been calibrated on the test prior
+    np.testing.assert_allclose(softmax(moved), softmax(exact), atol=1e-9)
+    unchanged = ClassPrior.between([2, 1, 1], [0.5, 0.25, 0.25])
+    np.testing.assert_allclose(unchanged.apply(logits), logits, atol=1e-12)

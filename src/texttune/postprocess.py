@@ -153,6 +153,27 @@ class Temperature:
         return np.asarray(outputs, dtype=np.float64) / self.value
 
 
+@dataclass(frozen=True)
+class ClassPrior:
+    """Class log-probabilities (N, C) moved to a known test prior before softmax: + log(test share / training
+    share) per class, Bayes' rule for a label shift (Saerens et al. 2002), where the test rows' class shares are
+    known and differ from the training rows'. Not fitted on OOF: `between` takes both priors."""
+
+    name: ClassVar[str] = "class_prior"
+    shift: tuple[float, ...] = ()
+
+    @classmethod
+    def between(cls, training: Sequence[float], test: Sequence[float]) -> ClassPrior:
+        training, test = np.asarray(training, dtype=np.float64), np.asarray(test, dtype=np.float64)
+        return cls(tuple(np.log((test / test.sum()) / (training / training.sum())).tolist()))
+
+    def fit(self, outputs: np.ndarray, targets: np.ndarray) -> ClassPrior:
+        return self
+
+    def apply(self, outputs: np.ndarray) -> np.ndarray:
+        return np.asarray(outputs, dtype=np.float64) + np.asarray(self.shift)
+
+
 def log_loss_of(logits: np.ndarray, labels: np.ndarray) -> float:
     """Mean negative log-likelihood of the true classes under softmax(logits)."""
     shifted = logits - logits.max(axis=1, keepdims=True)
@@ -175,8 +196,8 @@ def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, bins: int
     )
 
 
-Step = Softmax | Clip | Snap | Temperature
-STEPS: dict[str, type] = {step.name: step for step in (Softmax, Clip, Snap, Temperature)}
+Step = Softmax | Clip | Snap | Temperature | ClassPrior
+STEPS: dict[str, type] = {step.name: step for step in (Softmax, Clip, Snap, Temperature, ClassPrior)}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ restored, ensemble members are averaged, and the bundle's post-processing turns 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from texttune.bundle import (
 from texttune.data import read_table, read_texts, require_columns
 from texttune.errors import TexttuneError
 from texttune.pipeline import Features, TextPipeline
-from texttune.postprocess import PostProcessing, Temperature, softmax
+from texttune.postprocess import ClassPrior, PostProcessing, Temperature, softmax
 from texttune.runners import OnnxRunner, Runner, TorchRunner, choose_engine, runs_in_bf16
 from texttune.task import Examples, TaskSpec
 
@@ -95,6 +95,7 @@ class Predictor:
         precision: str = "auto",
         engine: str = "auto",
         raw: bool = False,
+        class_prior: Mapping[str, float] | None = None,
         **kwargs: Any,
     ) -> Predictor:
         """Load a bundle written by `texttune train`, a `texttune cv` run directory as the ensemble of its folds
@@ -107,7 +108,9 @@ class Predictor:
         PyTorch, which it also keeps where PyTorch runs in bf16 (faster then); torch, onnx, onnx-fp32 and onnx-int8
         ask for one. `precision` applies to PyTorch: auto runs bf16 where the bundle was trained in bf16 and this
         machine has it; fp32 never does. `raw` leaves out the post-processing a cv run fitted on its out-of-fold
-        outputs (a temperature, snapping to the targets' grid), keeping the folds' own (softmax, clipping)."""
+        outputs (a temperature, snapping to the targets' grid), keeping the folds' own (softmax, clipping).
+        `class_prior` (label -> share, for classes) moves the probabilities to a known test prior
+        (`postprocess.ClassPrior`), from the training rows' shares a cv run records."""
         source = path
         if str(path).startswith(MODEL_URI_PREFIX):  # only then the tracking code (and MLflow) is imported
             from texttune.tracking.models import fetch_model
@@ -116,7 +119,8 @@ class Predictor:
         if (Path(path) / BLEND_FILE).is_file():
             from texttune.blend import load_blend
 
-            return load_blend(path, raw=raw, precision=precision, engine=engine, **kwargs)
+            blended = load_blend(path, raw=raw, precision=precision, engine=engine, **kwargs)
+            return blended if class_prior is None else blended.moved_to(class_prior, Path(path))
         if (Path(path) / ENSEMBLE_FILE).is_file():
             members, info, weights = load_ensemble(path, model=False, raw=raw)
             kwargs = {"weights": weights, **kwargs}
@@ -134,7 +138,35 @@ class Predictor:
                 runners.append(OnnxRunner(member.path / member.exports[chosen]["file"]))
         predictor = cls(runners, members[0].pipeline, info, engine=chosen, **kwargs)
         predictor.about = {"source": str(source), **_scores_and_fidelity(Path(path), members, chosen)}
-        return predictor
+        return predictor if class_prior is None else predictor.moved_to(class_prior, Path(path))
+
+    def moved_to(self, prior: Mapping[str, float], path: Path) -> Predictor:
+        """This predictor with its class probabilities moved to a known test prior (label -> share, or counts),
+        from the training rows' class shares, which a cv run (`path`) records in its report."""
+        labels = list(self.task.labels)
+        if self.task.is_regression:
+            raise TexttuneError(f"{path}: a class prior is for classification models; this one predicts scores")
+        unknown, missing = sorted(set(prior) - set(labels)), [label for label in labels if label not in prior]
+        if unknown or missing:
+            raise TexttuneError(
+                f"class prior: {'unknown labels ' + str(unknown) if unknown else 'no share for ' + str(missing)}; "
+                f"give a share for each of the model's labels {labels}"
+            )
+        if not all(np.isfinite(prior[label]) and prior[label] > 0 for label in labels):
+            raise TexttuneError(f"class prior: every share must be positive, got {dict(prior)}")
+        report = path / "cv_report.json"
+        if (path / BLEND_FILE).is_file():  # its runs share their rows: the first one's report
+            report = path / json.loads((path / BLEND_FILE).read_text())["runs"][0] / "cv_report.json"
+        if not report.is_file():
+            raise TexttuneError(
+                f"{path}: a class prior needs the training rows' class shares, which a cv run records "
+                "(cv_report.json); predict with a texttune cv run"
+            )
+        counts = np.asarray(json.loads(report.read_text())["confusion_matrix"]["counts"], dtype=float).sum(axis=1)
+        shift = ClassPrior.between(counts, [prior[label] for label in labels])
+        self.info = replace(self.info, postprocess=PostProcessing((shift, *self.info.postprocess.steps)))
+        self.about = {**self.about, "class_prior": {label: float(prior[label]) for label in labels}}
+        return self
 
     @property
     def task(self) -> TaskSpec:
@@ -243,18 +275,22 @@ class Predictor:
         """The model's input texts for a table's rows, its text columns joined as in training."""
         return self.pipeline.join(read_texts(frame, self.pipeline.text_columns))
 
-    def predict_table(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """A submission: the id column first when the bundle has one, then the label or one column per target."""
+    def predict_table(self, frame: pd.DataFrame, probabilities: bool = False) -> pd.DataFrame:
+        """A submission: the id column first when the bundle has one, then the label or one column per target;
+        with `probabilities`, the label's column is followed by `prob_<label>` per class (log-loss submissions)."""
         if self.info.id_column:
             require_columns(frame, [self.info.id_column], "id")
         predictions = self.predict(self.texts_of(frame))
         if not self.task.is_regression:
-            predictions = predictions[["label"]].rename(columns={"label": self.task.target_columns[0]})
+            kept = ["label", *(f"prob_{label}" for label in self.task.labels)] if probabilities else ["label"]
+            predictions = predictions[kept].rename(columns={"label": self.task.target_columns[0]})
         if self.info.id_column:
             predictions.insert(0, self.info.id_column, frame[self.info.id_column].to_numpy())
         return predictions
 
-    def predict_file(self, source: str | Path, destination: str | Path, sep: str | None = None) -> pd.DataFrame:
+    def predict_file(
+        self, source: str | Path, destination: str | Path, sep: str | None = None, probabilities: bool = False
+    ) -> pd.DataFrame:
         """Read a table, predict every row and write the submission CSV atomically, one row per input row.
 
         Raises:
@@ -264,7 +300,7 @@ class Predictor:
             raise TexttuneError(f"--output {destination} is a folder; give the path of the CSV file to write")
         check_writable(destination, "--output")
         frame = read_table(source, sep)
-        submission = self.predict_table(frame)
+        submission = self.predict_table(frame, probabilities)
         if len(submission) != len(frame):  # never a misaligned submission
             raise TexttuneError(f"{source}: {len(frame)} rows read but {len(submission)} predicted; nothing written")
         with atomic_file(destination) as staging:

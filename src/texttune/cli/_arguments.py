@@ -25,6 +25,24 @@ def positive_int(value: str) -> int:
     return int(value)
 
 
+def class_shares(value: str) -> dict[str, float]:
+    """An argparse type: `LABEL=SHARE,LABEL=SHARE,...` as a dict (the shares are checked against the model's
+    labels when it is loaded)."""
+    shares: dict[str, float] = {}
+    for part in value.split(","):
+        label, _, share = (piece.strip() for piece in part.partition("="))
+        try:
+            number = float(share)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected LABEL=SHARE,... (e.g. neg=0.7,pos=0.3), got {part!r}"
+            ) from None
+        if not label or label in shares:
+            raise argparse.ArgumentTypeError(f"{part!r}: {'a label named twice' if label else 'no label'}")
+        shares[label] = number
+    return shares
+
+
 def add_engine_argument(parser: argparse.ArgumentParser) -> None:
     """The engine a model predicts with (checked by `texttune.runners.choose_engine`, not imported here)."""
     parser.add_argument(

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 
-from texttune.cli._arguments import add_engine_argument, positive_int
+from texttune.cli._arguments import add_engine_argument, class_shares, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,17 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         help="a cv run: leave out the post-processing it fitted on out-of-fold predictions (temperature, snapping)",
     )
     parser.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="classes: write each class's probability (prob_<label>) after the label, for log-loss submissions",
+    )
+    parser.add_argument(
+        "--class-prior",
+        type=class_shares,
+        metavar="LABEL=SHARE,...",
+        help="classes: move the probabilities to a known test prior, e.g. neg=0.7,pos=0.3 (a cv run or blend)",
+    )
+    parser.add_argument(
         "--tracking-uri",
         help="MLflow store of a models:/ bundle (default: $MLFLOW_TRACKING_URI, else sqlite:///texttune-runs/mlflow.db)",
     )
@@ -49,12 +60,15 @@ def run(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri,
         engine=args.engine,
         raw=args.raw,
+        class_prior=args.class_prior,
         batch_size=args.batch_size,
         progress=progress,
     )
     if args.text is not None:
         print(json.dumps(predictor.predict_text(args.text), indent=2))
         return 0
-    submission = predictor.predict_file(args.input, args.output, sep=args.sep)
+    if args.probabilities and predictor.task.is_regression:
+        args.parser.error("--probabilities is for classification models; this one predicts scores")
+    submission = predictor.predict_file(args.input, args.output, sep=args.sep, probabilities=args.probabilities)
     logger.info("wrote %d rows to %s", len(submission), args.output)
     return 0

@@ -308,3 +308,23 @@ def test_a_report_that_fails_leaves_a_complete_run(write_recipe, tmp_path: Path,
     run = run_cv(recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": tmp_path / "r"})})).run
     assert "report.html not written (ValueError: empty vocabulary); the run is complete" in caplog.text
     assert not (run / "report.html").exists() and len(Predictor.load(run).predict(["fine"])) == 1
+
+
+def test_refit_trains_every_row_for_the_epochs_the_folds_chose(write_recipe, tmp_path: Path, capsys) -> None:
+    stages = [{"unfreeze": 1, "epochs": 1, "lr": 3e-3}, {"unfreeze": "all", "epochs": 3}]
+    path = write_recipe("regression", rows=45, training={"stages": stages, "evals_per_epoch": 2}, cv={"folds": 3})
+    run = tmp_path / "run"
+    assert main(["-q", "cv", str(path), "--set", f"output.dir={run}", "--refit"]) == 0
+    assert f"full-data model in {run / 'full'}" in capsys.readouterr().out
+    chosen = [json.loads((run / f"fold-{k}" / "metrics.json").read_text())["valid"]["epoch"] for k in range(3)]
+    full = load_recipe(run / "full" / "recipe.yaml")
+    assert full.data.valid_fraction == 0 and full.data.valid is None
+    planned = [stage.epochs for stage in full.training.stages]
+    assert sum(planned) == pytest.approx(round(float(np.mean(chosen)), 3))  # the stages cut where the folds chose
+    assert planned[:-1] == [1.0][: len(planned) - 1]  # whole stages first, then the cut one
+    report = json.loads((run / "full" / "metrics.json").read_text())
+    assert report["train_rows"] == 45 and report["full_data"] is True
+    assert len(Predictor.load(run).runners) == 3 and len(Predictor.load(run / "full").runners) == 1
+    assert main(["-q", "cv", str(path), "--set", f"output.dir={run}"]) == 0  # the refit is part of the run
+    assert main(["-q", "cv", str(path), "--set", f"output.dir={run}", "--fold", "0", "--refit"]) == 2
+    assert "--refit follows a whole run of one seed" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +195,27 @@ def test_validation_predictions_are_the_kept_evaluations_own(write_recipe, monke
     assert float(whole) == pytest.approx(result.metrics["loss"], abs=1e-5)
     _, outputs, _ = recompute_valid_metrics(recipe, result.bundle)  # and the bundle predicts it again
     np.testing.assert_allclose(saved[[f"raw_{t}" for t in targets]].to_numpy(), outputs, atol=1e-5)
+
+
+def test_a_full_data_run_trains_on_every_row_without_evaluation(write_recipe, tmp_path: Path, capsys, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    path = write_recipe("regression", rows=40, training={"epochs": 2})
+    output = tmp_path / "full"
+    assert main(["train", str(path), "--full", "--set", f"output.dir={output}"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["valid"] == {} and printed["full_data"] is True and printed["baseline"] == {}
+    assert "40 training rows, all of them (data.valid_fraction 0): no evaluation" in caplog.text
+    report = json.loads((output / "metrics.json").read_text())
+    assert report["train_rows"] == 40 and report["valid_rows"] == 0 and report["full_data"] is True
+    assert report["history"] == [] and report["train_log"]  # trained, never evaluated
+    assert not (output / "valid_predictions.csv").exists() and (output / "training_curves.png").is_file()
+    scores = Predictor.load(output).predict(["good great film", "awful"])
+    assert scores.shape == (2, 2) and np.isfinite(scores.to_numpy()).all()
+    # every row trained: the same recipe with a 20% split trains on 32
+    split = train(load_recipe(path, [f"output.dir={tmp_path / 'split'}"]))
+    assert json.loads((split.bundle / "metrics.json").read_text())["train_rows"] == 32
+    with_valid = ["--set", f"data.valid={path.parent / 'regression.csv'}", "--set", f"output.dir={tmp_path / 'x'}"]
+    capsys.readouterr()
+    assert main(["-q", "train", str(path), "--full", *with_valid]) == 2
+    err = capsys.readouterr().err
+    assert "valid_fraction 0 trains on every row of data.train" in err and len(err.strip().splitlines()) == 1

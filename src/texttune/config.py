@@ -30,13 +30,33 @@ class DataConfig(_Section):
 
     train: Path = Field(description="Training table: CSV, TSV, Parquet or JSONL, optionally .zip or .gz.")
     valid: Path | None = Field(None, description="Separate validation table; without it valid_fraction of train.")
-    valid_fraction: float = Field(0.2, gt=0, lt=1, description="Share of train held out for validation.")
+    valid_fraction: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of train held out for validation; 0 trains on every row with no evaluation (a full-data "
+        "refit: the last weights are kept, so choose the epochs from a run that validated, e.g. cv --refit).",
+    )
     text_columns: list[str] = Field(["text"], min_length=1, description="Text column(s); several are joined.")
     target_columns: list[str] = Field(["label"], min_length=1, description="One label column or score columns.")
     id_column: str | None = Field(None, description="Row id, written first in submissions.")
     sep: str | None = Field(None, description="Field separator; default ',' for .csv and tab for .tsv.")
 
     _lists = field_validator("text_columns", "target_columns", mode="before")(_as_list)
+
+    @model_validator(mode="after")
+    def _full_without_valid(self) -> DataConfig:
+        if self.full and self.valid is not None:
+            raise ValueError(
+                "valid_fraction 0 trains on every row of data.train with no evaluation, so data.valid would be "
+                "unused; leave it out (--set data.valid=null) or keep valid_fraction above 0"
+            )
+        return self
+
+    @property
+    def full(self) -> bool:
+        """Every row of data.train trains; nothing is held out or evaluated."""
+        return self.valid_fraction == 0
 
 
 class TaskConfig(_Section):

@@ -36,14 +36,15 @@ from texttune.postprocess import PostProcessing, fit_on_oof
 from texttune.report import REPORT_FILE, save_report, write_report
 from texttune.task import Examples, TaskSpec, encode_targets, read_examples
 from texttune.tracking import TrackedRun, recipe_params, record_blend, record_bundle, record_cv, start_run
-from texttune.training import train
+from texttune.training import TrainResult, train
 
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "cv_run.json"
 SEEDS_FILE = "seeds_report.json"  # a multi-seed run: each seed's OOF metric, their spread and the blend's
 EXECUTORS = ("sequential", "ray")
-_OUTPUTS = ("folds.csv", "oof.csv", "cv_report.json", REPORT_FILE, "oof_*.png", ENSEMBLE_FILE, "fold-*")
+REFIT_DIR = "full"  # `refit`: the full-data model of a cv run, inside it
+_OUTPUTS = ("folds.csv", "oof.csv", "cv_report.json", REPORT_FILE, "oof_*.png", ENSEMBLE_FILE, "fold-*", REFIT_DIR)
 
 
 @dataclass(frozen=True)
@@ -337,6 +338,49 @@ def _run_seeds(recipe: Recipe, force: bool, executor: str) -> CVResult:
             sources = {result.run.name: result.model_version for result in results}
             version = record_blend(tracked, run, mixed.blend, spec, sources)
     return CVResult(run, from_main(report), time.perf_counter() - started, from_main(version))
+
+
+def refit(recipe: Recipe) -> TrainResult:
+    """The full-data model of the finished cv run in `output.dir`: every row of data.train, no evaluation, for the
+    epochs the folds chose (the mean epoch of their kept evaluations; a staged recipe's stages cut there), written
+    as a bundle to `output.dir/full`. Its score is the cv run's: nothing is held out to measure it on.
+
+    Raises:
+        TexttuneError: a multi-seed recipe, or folds not complete yet.
+    """
+    _single_seed(recipe, "--refit")
+    run = Path(recipe.output.dir)
+    missing = _missing(run, recipe.cv.folds)
+    if missing:
+        raise TexttuneError(
+            f"{run}: --refit needs every fold complete; fold {missing[0]} is not: run texttune cv first"
+        )
+    chosen = [
+        json.loads((run / f"fold-{k}" / "metrics.json").read_text())["valid"]["epoch"] for k in range(recipe.cv.folds)
+    ]
+    epochs = round(float(np.mean(chosen)), 3)
+    training = recipe.training
+    if training.stages:
+        stages, left = [], epochs
+        for stage in training.stages:
+            if left > 1e-9:
+                stages.append(stage.model_copy(update={"epochs": min(stage.epochs, left)}))
+            left -= stage.epochs
+        training = training.model_copy(update={"stages": stages})
+    else:
+        training = training.model_copy(update={"epochs": epochs})
+    logger.info(
+        "refit on every row for %g epochs, the mean of the folds' kept evaluations (%s)",
+        epochs, ", ".join(f"{e:g}" for e in chosen),
+    )  # fmt: skip
+    full = recipe.model_copy(
+        update={
+            "data": recipe.data.model_copy(update={"valid_fraction": 0.0, "valid": None}),
+            "training": training,
+            "output": recipe.output.model_copy(update={"dir": run / REFIT_DIR}),
+        }
+    )
+    return train(full)
 
 
 def train_fold(recipe: Recipe, fold: int) -> Path:

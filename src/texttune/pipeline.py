@@ -95,6 +95,8 @@ class TextPipeline:
 
     def encode(self, texts: Sequence[str]) -> list[Features]:
         """Tokenize once, truncated and unpadded: the collator pads each batch to its own longest text."""
+        if not texts:  # the tokenizers fail on an empty list (a full-data run's validation set)
+            return []
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=False)
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
         return [{k: encoded[k][i] for k in keys} for i in range(len(texts))]

@@ -27,6 +27,8 @@ def read_training_examples(recipe: Recipe) -> tuple[Examples, Examples]:
     """`data.train` and `data.valid` parsed into examples, or `data.train` split by `data.valid_fraction`."""
     data = recipe.data
     examples = read_examples(data.train, data, recipe.task)
+    if data.full:
+        return examples, examples.subset(np.arange(0))
     if data.valid is None:
         return split_examples(examples, data.valid_fraction, recipe.training.seed)
     # The whole table trains: its statistics from the values as read (float64), as format-1 releases did, so that
@@ -65,7 +67,12 @@ def prepare(recipe: Recipe, examples: tuple[Examples, Examples] | None = None) -
     """
     set_seed(recipe.training.seed)
     train, valid = examples or read_training_examples(recipe)
-    logger.info("%d training rows, %d validation rows", len(train), len(valid))
+    if len(valid):
+        logger.info("%d training rows, %d validation rows", len(train), len(valid))
+    else:
+        logger.info(
+            "%d training rows, all of them (data.valid_fraction 0): no evaluation, the last weights kept", len(train)
+        )
     spec = training_task(train)
     backbone, tokenizer = load_backbone(recipe.model.backbone, recipe.model.backbone_dropout, recipe.model.attention)
     check_max_length(backbone, recipe.model.max_length)
@@ -77,6 +84,6 @@ def prepare(recipe: Recipe, examples: tuple[Examples, Examples] | None = None) -
     initial_bias = spec.target_mean if spec.is_regression else None
     model = TextModel(backbone, recipe.model.pooling, spec.num_outputs, recipe.model.head_dropout, initial_bias)
     postprocess = PostProcessing.for_task(spec, recipe.task.clip_predictions)
-    baseline = baseline_metrics(train.labels, valid.labels, spec)
+    baseline = baseline_metrics(train.labels, valid.labels, spec) if len(valid) else {}
     train_set = EncodedDataset(train_features, train.labels.tolist())
     return Prepared(recipe, spec, pipeline, postprocess, model, train_set, valid_set, valid, order, baseline)

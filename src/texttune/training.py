@@ -78,6 +78,7 @@ def stage_trainer(
             per_epoch, max_steps,
         )  # fmt: skip
     eval_steps = max(1, math.ceil(per_epoch / training.evals_per_epoch))
+    evaluates = len(prepared.valid_set) > 0  # not in a full-data refit (data.valid_fraction 0)
     model.freeze_to(None if stage.unfreeze == "all" else stage.unfreeze)
     rates = Rates.of(training, stage.learning_rate)
     args = training_arguments(
@@ -86,7 +87,7 @@ def stage_trainer(
         scratch,
         learning_rate=rates.top(model),
         seed=training.seed + index,  # each stage draws its own batch order
-        eval_strategy="steps",
+        eval_strategy="steps" if evaluates else "no",
         eval_steps=eval_steps,
         logging_steps=max(1, min(50, eval_steps // 4)),
     )
@@ -94,7 +95,7 @@ def stage_trainer(
         model=model,
         args=args,
         train_dataset=prepared.train_set,
-        eval_dataset=prepared.valid_set,
+        eval_dataset=prepared.valid_set if evaluates else None,
         data_collator=prepared.pipeline.collate,
         compute_metrics=scorer or scorer_of(prepared),
         loss=create_loss(prepared.recipe.task, prepared.spec),
@@ -167,8 +168,10 @@ def fit(
             trainer.train(resume_from_checkpoint=str(resumed[0]) if mid_stage else None)
             if checkpoints is not None and processes().main:
                 checkpoints.save(model)  # the stage is done: the next one starts from these weights
-    keep_best.restore(model)
     model.freeze_to(None)
+    if not len(prepared.valid_set):  # a full-data refit: nothing to choose from, the last weights are the model
+        return Fit({}, history, None)
+    keep_best.restore(model)
     kept = next(entry for entry in history.of_kind("eval") if entry.values.get(metric) == keep_best.best)
     return Fit(kept.to_dict(), history, keep_best.outputs)
 
@@ -248,12 +251,6 @@ def _write_bundle(prepared: Prepared, result: Fit, seconds: float) -> None:
         head_dropout=recipe.model.head_dropout,
         precision="bf16" if use_bf16(recipe.training.precision) else "fp32",
     )
-    predictor = Predictor([TorchRunner(prepared.model, runs_in_bf16(info.precision))], prepared.pipeline, info)
-    scored = result.valid_outputs
-    if scored is None:  # resumed from a checkpoint without them: one more pass over the validation set
-        scored = predictor.outputs_of(prepared.valid_set.features)
-    outputs = np.empty_like(scored)
-    outputs[prepared.valid_order] = scored  # back to the order of the validation rows
     report = {
         "valid": result.metrics,
         "baseline": prepared.baseline,
@@ -262,10 +259,17 @@ def _write_bundle(prepared: Prepared, result: Fit, seconds: float) -> None:
         "seconds": round(seconds, 1),
         "history": evaluations,
         "train_log": train_log,
+        **({"full_data": True} if recipe.data.full else {}),
     }
     curves = plots.training_curves(train_log, evaluations, best_metric(spec)[0], history.stage_starts)
-    extra_files = {
-        "training_curves.png": curves,
-        VALID_PREDICTIONS: predictor.prediction_table(prepared.valid, outputs).to_csv(index=False).encode(),
-    }
+    extra_files = {"training_curves.png": curves}
+    if len(prepared.valid):
+        predictor = Predictor([TorchRunner(prepared.model, runs_in_bf16(info.precision))], prepared.pipeline, info)
+        scored = result.valid_outputs
+        if scored is None:  # resumed from a checkpoint without them: one more pass over the validation set
+            scored = predictor.outputs_of(prepared.valid_set.features)
+        outputs = np.empty_like(scored)
+        outputs[prepared.valid_order] = scored  # back to the order of the validation rows
+        table = predictor.prediction_table(prepared.valid, outputs)
+        extra_files[VALID_PREDICTIONS] = table.to_csv(index=False).encode()
     save_bundle(recipe.output.dir, prepared.model, prepared.pipeline, info, report, recipe.to_dict(), extra_files)

@@ -34,16 +34,23 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         default="sequential",
         help="ray: each fold a Ray task on a local Ray or the cluster in RAY_ADDRESS (pip install 'texttune[ray]')",
     )
+    parser.add_argument(
+        "--refit",
+        action="store_true",
+        help="then train the full-data model (every row, for the epochs the folds chose) into OUTPUT_DIR/full",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from texttune.cv import collect_cv, format_report, run_cv, train_fold
+    from texttune.cv import collect_cv, format_report, refit, run_cv, train_fold
     from texttune.errors import TexttuneError
 
     recipe = load_recipe(args.recipe, args.overrides)
     if args.force and (args.fold is not None or args.collect):
         raise TexttuneError("--force discards a run; it goes with neither --fold nor --collect (other jobs' folds)")
+    if args.refit and (args.fold is not None or recipe.cv.seeds):
+        raise TexttuneError("--refit follows a whole run of one seed: use it with texttune cv RECIPE (or --collect)")
     if args.fold is not None:
         bundle = train_fold(recipe, args.fold)
         again = " ".join(
@@ -67,4 +74,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if result.model_version:
         print(f"registered as {result.model_version}: texttune predict {result.model_version} --input ...")
+    if args.refit:
+        full = refit(recipe)
+        print(f"full-data model in {full.bundle} (no held-out score: the cv run's is its estimate)")
     return 0

@@ -15,19 +15,26 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--restart", action="store_true", help="discard the checkpoints of a killed run in output.dir and start over"
     )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="train on every row (data.valid_fraction 0): no evaluation, the last weights kept",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from texttune.training import train
 
-    result = train(load_recipe(args.recipe, args.overrides), restart=args.restart)
+    overrides = [*args.overrides, *(["data.valid_fraction=0"] if args.full else [])]
+    result = train(load_recipe(args.recipe, overrides), restart=args.restart)
     summary = {
         "bundle": str(result.bundle),
         "valid": result.metrics,
         "baseline": result.baseline,
         "seconds": round(result.seconds, 1),
         "model_version": result.model_version,
+        **({"full_data": True} if args.full else {}),
     }
     print(json.dumps(summary, indent=2))
     return 0

@@ -55,8 +55,8 @@ BEST_OUTPUTS = "best_outputs.safetensors"  # the kept evaluation's head outputs:
 _OURS = re.compile(r"^(?:step-\d+|\.step-\d+\.tmp-[0-9a-f]{8}|run\.json|\.run\.json\.tmp-[0-9a-f]{8})$")
 
 
-def _crash_at(kind: str, count: int) -> None:
-    """SIGKILL this process when TEXTTUNE_CRASH_AT names this point (`step:N` or `save:N`): tests only."""
+def crash_at(kind: str, count: int) -> None:
+    """SIGKILL this process when TEXTTUNE_CRASH_AT names this point (`step:N`, `save:N`, `trial:N`): tests only."""
     if os.environ.get("TEXTTUNE_CRASH_AT") == f"{kind}:{count}":
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -235,7 +235,7 @@ class Checkpoints(TrainerCallback):
             )
         if self.keep_best.outputs is not None:
             save_file({"outputs": torch.from_numpy(self.keep_best.outputs)}, str(staging / BEST_OUTPUTS))
-        _crash_at("save", self.saves)  # a kill half-way through a write
+        crash_at("save", self.saves)  # a kill half-way through a write
         if trainer is not None:
             tensors, groups = _optimizer_files(trainer.optimizer)
             save_file(tensors, str(staging / "optimizer.safetensors"))
@@ -299,7 +299,7 @@ class Checkpoints(TrainerCallback):
         self._maybe_save(args, state, control)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        _crash_at("step", self.history.steps_before + state.global_step)
+        crash_at("step", self.history.steps_before + state.global_step)
         if time.monotonic() - self.last_save >= self.seconds:
             self.pending = True
         self._maybe_save(args, state, control)

@@ -230,6 +230,64 @@ class CVConfig(_Section):
     )
 
 
+class SearchRange(_Section):
+    """A numeric hyperparameter's range: integers where low, high (and step) are, floats otherwise."""
+
+    low: int | float
+    high: int | float
+    log: bool = Field(False, description="Sample on a log scale (learning rates).")
+    step: int | float | None = Field(None, gt=0, description="A grid: low, low + step, ... (not with log).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SearchRange:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("a log range needs low > 0 and no step")
+        return self
+
+    @property
+    def integers(self) -> bool:
+        return all(isinstance(v, int) for v in (self.low, self.high, self.step if self.step else 1))
+
+
+class TuneConfig(_Section):
+    """`texttune tune`: the search space over recipe keys, and how the search runs (Optuna)."""
+
+    space: dict[str, SearchRange | list[Any]] = Field(
+        {},
+        description="Recipe keys to search, e.g. training.learning_rate: {low: 1e-5, high: 3e-4, log: true}, "
+        "model.pooling: [mean, cls]: a range, or a list of choices.",
+    )
+    sampler: Literal["tpe", "random"] = Field("tpe", description="tpe: Optuna's TPESampler; random: uniform.")
+    pruner: Literal["median", "hyperband", "none"] = Field(
+        "median", description="Stop trials whose intermediate evaluations trail the others' (at the same point)."
+    )
+    startup_trials: int = Field(
+        5, ge=0, description="Trials before pruning and TPE start (random ones), so both have something to compare."
+    )
+    folds: int | None = Field(None, ge=2, description="tune --cv: folds of each trial's cv; None: cv.folds.")
+    storage: str | None = Field(
+        None,
+        description="Optuna storage URL; None: optuna.db beside the embedded tracking store "
+        "(sqlite:///texttune-runs/optuna.db), so a killed study resumes.",
+    )
+    study: str | None = Field(None, description="Study name; None: tracking.name.")
+
+    @field_validator("space")
+    @classmethod
+    def _keys(cls, space: dict[str, Any]) -> dict[str, Any]:
+        for key, choices in space.items():
+            section, _, name = key.partition(".")
+            if section in ("tune", "output", "tracking") or not name or "." in name:
+                raise ValueError(f"{key!r}: search keys are section.key of data, task, model, training or cv")
+            if isinstance(choices, list) and len(choices) < 2:
+                raise ValueError(f"{key!r}: give two choices or more")
+            if isinstance(choices, list) and not all(isinstance(c, str | int | float | bool) for c in choices):
+                raise ValueError(f"{key!r}: choices are plain values (numbers, strings, booleans)")
+        return space
+
+
 class TrackingConfig(_Section):
     """Where runs, metrics, plots and model versions are recorded (`texttune.tracking`); never needed to train."""
 
@@ -269,6 +327,7 @@ class Recipe(_Section):
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     cv: CVConfig = CVConfig()
+    tune: TuneConfig = TuneConfig()
     tracking: TrackingConfig = TrackingConfig()
     output: OutputConfig = OutputConfig()
 
@@ -314,7 +373,8 @@ def _fields_at(location: tuple[Any, ...]) -> list[str]:
     for part in location:
         if isinstance(part, int):  # an index into a list of sections
             continue
-        model = _section_type(model.model_fields[str(part)].annotation)
+        field = model.model_fields.get(str(part))  # None: a key of a mapping, such as tune.space's
+        model = None if field is None else _section_type(field.annotation)
         if model is None:
             return []
     return list(model.model_fields)
@@ -331,6 +391,15 @@ def _describe(error: dict[str, Any]) -> str:
         location = location[:-1]  # pydantic names the member of a union it tried, e.g. '.float'
     path = ".".join(str(part) for part in location) or path
     return f"{path}: {error['msg']} (got {error.get('input')!r})"
+
+
+def check_recipe_key(key: str, where: str) -> None:
+    """Raise a one-line error (with the nearest valid key) unless `key` is a `section.key` of a recipe."""
+    section, _, name = key.partition(".")
+    if section not in Recipe.model_fields:
+        raise TexttuneError(f"{where}: unknown section in {key!r}; {_suggest(section, list(Recipe.model_fields))}")
+    if name not in _fields_at((section,)):
+        raise TexttuneError(f"{where}: unknown key {key!r}; {_suggest(name, _fields_at((section,)))}")
 
 
 def build_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
@@ -365,7 +434,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise TexttuneError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(raw, dict):
         raise TexttuneError(
-            f"{path}: a recipe is a mapping of sections (data, task, model, training, cv, tracking, output)"
+            f"{path}: a recipe is a mapping of sections (data, task, model, training, cv, tune, tracking, output)"
         )
     raw = apply_overrides(raw, overrides or [])
     tracking = raw.setdefault("tracking", {})

@@ -12,9 +12,9 @@ from typing import Any
 from texttune._io import sha256_of
 from texttune.config import Recipe
 
-# Settings that do not change what is learned: where it goes, what records it, how often it is saved, how the
-# evaluations are batched, where the folds run.
-_IGNORED = {"output", "tracking"}
+# Settings that do not change what is learned: where it goes, what records it, how it is searched (tune), how often
+# it is saved, how the evaluations are batched, where the folds run.
+_IGNORED = {"output", "tracking", "tune"}
 _IGNORED_KEYS = {
     "training.checkpoints",
     "training.checkpoint_minutes",

@@ -181,12 +181,14 @@ def train(
     examples: tuple[Examples, Examples] | None = None,
     run: TrackedRun | None = None,
     restart: bool = False,
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> TrainResult:
     """Fine-tune the recipe's encoder (`prepare`, then `fit`) and write the best weights as a bundle in `output.dir`,
     with `training_curves.png` and the validation predictions inside.
 
     The run is recorded in the recipe's tracking store (`tracking`), or in `run` (a cv fold's); tracking failures
     only warn. A run killed earlier in the same `output.dir` resumes from its checkpoints; `restart` discards them.
+    `callbacks` join every stage's Trainer (e.g. a tuning study's reporter).
 
     Raises:
         TexttuneError: bad data or configuration, or checkpoints of another recipe, before any training starts.
@@ -213,7 +215,8 @@ def train(
         check_writable(output, "output.dir")  # now, not after the training
     with contextlib.nullcontext(run) if run is not None else start_run(recipe, "train") as tracked:
         tracked.log_params(recipe_params(recipe, prepared.spec))
-        result = fit(prepared, listeners=[log_entry(tracked)] if tracked.active else [], restart=restart, key=key)
+        listeners = [log_entry(tracked)] if tracked.active else []
+        result = fit(prepared, callbacks, listeners=listeners, restart=restart, key=key)
         seconds = time.perf_counter() - started
         version = None
         if job.main:

@@ -10,11 +10,11 @@ import sys
 
 from texttune import __version__
 from texttune._malloc import reexecute_with_tcmalloc
-from texttune.cli import blend, cv, export, lr_find, predict, runs, serve, train, verify
+from texttune.cli import blend, cv, export, lr_find, predict, runs, serve, train, tune, verify
 from texttune.distributed import processes
 from texttune.errors import TexttuneError
 
-COMMANDS = (train, cv, blend, lr_find, predict, export, serve, runs, verify)
+COMMANDS = (train, cv, tune, blend, lr_find, predict, export, serve, runs, verify)
 _DISK_TROUBLE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}  # the machine's trouble, not a bug
 
 

@@ -123,6 +123,14 @@ def test_cv_seeds_is_one_command_for_a_blend_of_seeds(write_recipe, tmp_path: Pa
     assert main(["-q", "cv", str(path), "--set", f"output.dir={run}"]) == 0  # again: both runs resume, complete
 
 
+def test_training_seeds_under_cv_are_cv_seeds_and_two_lists_must_agree(write_recipe, tmp_path: Path, capsys) -> None:
+    path = write_recipe("regression", rows=30, training={"epochs": 1, "seeds": [3, 4]}, cv={"folds": 2})
+    result = run_cv(load_recipe(path, [f"output.dir={tmp_path / 'run'}"]))
+    assert result.report["seeds"]["seeds"] == [3, 4] and isinstance(Predictor.load(result.run), BlendPredictor)
+    assert main(["-q", "cv", str(path), "--set", "cv.seeds=[3, 5]"]) == 2
+    assert "cv.seeds and training.seeds name different seeds" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("seeds", [[42], [42, 42]])
 def test_cv_seeds_needs_two_distinct_seeds(write_recipe, seeds: list[int], capsys) -> None:
     path = write_recipe("classification", rows=30)

@@ -340,7 +340,7 @@ def test_a_manifest_from_the_store_cannot_reach_outside_its_folder(tmp_path: Pat
     report = {"per_fold": [{"fold": 0, "mcrmse": 0.5}], "oof": {"mcrmse": 0.5}, "fold_mean": 0.5, "fold_std": 0}
     with start_run(recipe, "cv") as run:
         record_cv(run, run_dir, report, TaskSpec("regression", ("score",)), {"../../evil": "models:/model/1"})
-    with pytest.raises(TexttuneError, match="is not a registered fold of 'model'"):
+    with pytest.raises(TexttuneError, match="is not a registered fold or seed of 'model'"):
         Predictor.load("models:/model@best", tracking_uri=uri)
     cache = cache_root() / "models"
     assert not list(cache.glob("*/evil")) and not list(cache.glob("*/*/evil"))  # where ../../evil would land

@@ -219,3 +219,35 @@ def test_a_full_data_run_trains_on_every_row_without_evaluation(write_recipe, tm
     assert main(["-q", "train", str(path), "--full", *with_valid]) == 2
     err = capsys.readouterr().err
     assert "valid_fraction 0 trains on every row of data.train" in err and len(err.strip().splitlines()) == 1
+
+
+def test_training_seeds_are_averaged_like_folds_on_one_validation_split(write_recipe, tmp_path: Path, caplog) -> None:
+    from texttune.postprocess import softmax
+
+    caplog.set_level(logging.INFO)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracked = ["tracking.backend=mlflow", f"tracking.uri={uri}", "tracking.name=seeds", f"output.dir={tmp_path / 's'}"]
+    recipe = load_recipe(write_recipe("classification", rows=50, training={"epochs": 1, "seeds": [1, 2]}), tracked)
+    result = train(recipe)
+    members = [result.bundle / "seed-1", result.bundle / "seed-2"]
+    assert [load_recipe(m / "recipe.yaml").training.seed for m in members] == [1, 2]
+    tables = [pd.read_csv(m / "valid_predictions.csv") for m in members]
+    assert tables[0]["row"].tolist() == tables[1]["row"].tolist()  # one validation split for every seed
+    raw = np.stack([t.filter(like="raw_").to_numpy() for t in tables])
+    averaged = softmax(raw).mean(axis=0)
+    manifest = json.loads((result.bundle / "texttune-ensemble.json").read_text())
+    assert manifest["members"] == ["seed-1", "seed-2"] and result.metrics == manifest["valid"]
+    predictor = Predictor.load(result.bundle)
+    names = list(predictor.task.labels)
+    expected = (averaged.argmax(axis=1) == tables[0]["label"].map(names.index).to_numpy()).mean()
+    assert manifest["valid"]["accuracy"] == pytest.approx(expected)  # the averaged probabilities' accuracy
+    texts = ["good great film", "awful dull plot"]
+    singles = np.stack([Predictor.load(m).predict(texts).filter(like="prob_").to_numpy() for m in members])
+    np.testing.assert_allclose(predictor.predict(texts).filter(like="prob_").to_numpy(), singles.mean(0), rtol=1e-5)
+    assert predictor.card()["score"]["kind"] == "validation (seeds averaged)"
+    registered = Predictor.load("models:/seeds@latest", tracking_uri=uri)  # the seeds' ensemble, fetched seed by seed
+    assert len(registered.runners) == 2
+    pd.testing.assert_frame_equal(registered.predict(texts), predictor.predict(texts))
+    caplog.clear()
+    assert train(recipe).metrics == result.metrics  # run again: both seeds complete, kept
+    assert caplog.text.count("complete already, kept") == 2

@@ -25,6 +25,12 @@ def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
+def _distinct_seeds(seeds: list[int]) -> list[int]:
+    if seeds and (len(seeds) < 2 or len(set(seeds)) < len(seeds)):
+        raise ValueError("give two distinct seeds or more, or none (one run with training.seed)")
+    return seeds
+
+
 class DataConfig(_Section):
     """Which table to learn from and which of its columns matter."""
 
@@ -171,6 +177,12 @@ class TrainingConfig(_Section):
     group_by_length: bool = Field(True, description="Batch texts of similar length to pad less.")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 where the hardware has it.")
     seed: int = 42
+    seeds: list[int] = Field(
+        [],
+        description="Train one model per seed (in seed-<s>/ of output.dir, all on the validation split of "
+        "training.seed) and predict with their average, as a cv run averages its folds; under cv, each fold per "
+        "seed (as cv.seeds).",
+    )
     checkpoints: bool = Field(
         True,
         description="Write a checkpoint into output.dir/.checkpoints at each evaluation (and see checkpoint_minutes), "
@@ -179,6 +191,7 @@ class TrainingConfig(_Section):
     checkpoint_minutes: float = Field(10.0, gt=0, description="Checkpoint at least this often during training.")
 
     _rates = field_validator("learning_rate")(_check_learning_rate)
+    _seeds = field_validator("seeds")(_distinct_seeds)
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingConfig:
@@ -212,12 +225,7 @@ class CVConfig(_Section):
         "fold plan of cv.seed), then blend them in output.dir (texttune blend): one command for a multi-seed run.",
     )
 
-    @field_validator("seeds")
-    @classmethod
-    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
-        if seeds and (len(seeds) < 2 or len(set(seeds)) < len(seeds)):
-            raise ValueError("give two distinct seeds or more, or none (one run with training.seed)")
-        return seeds
+    _seeds = field_validator("seeds")(_distinct_seeds)
 
     cpus_per_fold: int = Field(
         1, ge=1, description="--executor ray: the CPUs each fold's task asks for (and the threads it trains with)."
@@ -330,6 +338,17 @@ class Recipe(_Section):
     tune: TuneConfig = TuneConfig()
     tracking: TrackingConfig = TrackingConfig()
     output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _one_list_of_seeds(self) -> Recipe:
+        if self.cv.seeds and self.training.seeds and self.cv.seeds != self.training.seeds:
+            raise ValueError("cv.seeds and training.seeds name different seeds; give one of them")
+        return self
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds a multi-seed cv run trains (cv.seeds, else training.seeds); empty for one seed."""
+        return self.cv.seeds or self.training.seeds
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

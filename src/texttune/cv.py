@@ -281,7 +281,7 @@ def run_cv(recipe: Recipe, force: bool = False, executor: str = "sequential") ->
         raise TexttuneError(f"executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
     if executor != "sequential" and processes().distributed:
         raise TexttuneError(f"--executor {executor} schedules the folds itself: run it without torchrun")
-    if recipe.cv.seeds:
+    if recipe.seeds:
         return _run_seeds(recipe, force, executor)
     started = time.perf_counter()
     start()
@@ -294,8 +294,9 @@ def run_cv(recipe: Recipe, force: bool = False, executor: str = "sequential") ->
 
 
 def _run_seeds(recipe: Recipe, force: bool, executor: str) -> CVResult:
-    """`cv.seeds`: one cv run per training seed in `seed-<s>/`, every one on the same fold plan, then their blend in
-    `output.dir` (which a predictor loads). The report lists each seed's and the blend's out-of-fold metrics."""
+    """`cv.seeds` (or `training.seeds`): one cv run per training seed in `seed-<s>/`, every one on the same fold
+    plan, then their blend in `output.dir` (which a predictor loads). The report lists each seed's and the blend's
+    out-of-fold metrics."""
     from texttune.blend import blend
 
     started, run = time.perf_counter(), Path(recipe.output.dir)
@@ -306,11 +307,11 @@ def _run_seeds(recipe: Recipe, force: bool, executor: str) -> CVResult:
         raise TexttuneError(f"output.dir {run} holds more than a multi-seed cv run; choose another output.dir")
     plan_seed = recipe.training.seed if recipe.cv.seed is None else recipe.cv.seed
     results, version = [], None
-    for seed in recipe.cv.seeds:
-        logger.info("seed %d (%d of %d)", seed, len(results) + 1, len(recipe.cv.seeds))
+    for seed in recipe.seeds:
+        logger.info("seed %d (%d of %d)", seed, len(results) + 1, len(recipe.seeds))
         single = recipe.model_copy(
             update={
-                "training": recipe.training.model_copy(update={"seed": seed}),
+                "training": recipe.training.model_copy(update={"seed": seed, "seeds": []}),
                 "cv": recipe.cv.model_copy(update={"seeds": [], "seed": plan_seed}),
                 "output": recipe.output.model_copy(update={"dir": run / f"seed-{seed}"}),
             }
@@ -322,7 +323,7 @@ def _run_seeds(recipe: Recipe, force: bool, executor: str) -> CVResult:
         mixed = blend([result.run for result in results], run, inside=True)
         per_seed = [result.report["oof"][metric] for result in results]
         report["seeds"] = {
-            "seeds": list(recipe.cv.seeds),
+            "seeds": list(recipe.seeds),
             "oof": per_seed,
             "mean": float(np.mean(per_seed)),
             "std": float(np.std(per_seed)),
@@ -422,10 +423,11 @@ def collect_cv(recipe: Recipe) -> CVResult:
 
 
 def _single_seed(recipe: Recipe, option: str) -> None:
-    if recipe.cv.seeds:
-        seed = recipe.cv.seeds[0]
+    if recipe.seeds:
+        seed = recipe.seeds[0]
         raise TexttuneError(
-            f"{option} works on one seed's run: add --set cv.seeds=[] --set training.seed={seed} "
+            f"{option} works on one seed's run: add --set cv.seeds=[] --set training.seeds=[] "
+            f"--set training.seed={seed} "
             f"--set cv.seed={recipe.training.seed if recipe.cv.seed is None else recipe.cv.seed} "
             f"--set output.dir={Path(recipe.output.dir) / f'seed-{seed}'} (and so on for each seed)"
         )

@@ -24,6 +24,7 @@ _IGNORED_KEYS = {
     "cv.gpus_per_fold",
     "cv.postprocess",  # fitted after the folds, from their predictions
     "cv.seeds",  # a multi-seed run's single-seed runs record [] (and their seed in training.seed)
+    "training.seeds",
 }
 
 

@@ -311,8 +311,10 @@ class Predictor:
 def _scores_and_fidelity(path: Path, members: Sequence[Bundle], engine: str) -> dict[str, Any]:
     """A loaded model's validation scores (a cv run's out-of-fold ones) and its engine's fidelity figures."""
     if (path / ENSEMBLE_FILE).is_file():
-        scores = json.loads((path / ENSEMBLE_FILE).read_text()).get("oof", {})
-        kind = "cv (out of fold)"
+        manifest = json.loads((path / ENSEMBLE_FILE).read_text())
+        scores, kind = manifest.get("oof", {}), "cv (out of fold)"
+        if "seeds" in manifest:  # a training.seeds run: its averaged seeds on their shared validation rows
+            scores, kind = manifest.get("valid", {}), "validation (seeds averaged)"
     else:
         metrics = path / "metrics.json"
         scores = json.loads(metrics.read_text()).get("valid", {}) if metrics.is_file() else {}

@@ -197,6 +197,10 @@ def train(
         >>> result = train(load_recipe("examples/demo.yaml"))
         >>> result.metrics["accuracy"]
     """
+    if recipe.training.seeds:  # one model per seed, averaged (texttune.seeds)
+        from texttune.seeds import train_seeds
+
+        return train_seeds(recipe, restart)
     started = time.perf_counter()
     output = Path(recipe.output.dir)
     job = start()  # one process, or this one's place in a torchrun / accelerate job: only the main one writes

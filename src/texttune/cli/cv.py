@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     if args.force and (args.fold is not None or args.collect):
         raise TexttuneError("--force discards a run; it goes with neither --fold nor --collect (other jobs' folds)")
-    if args.refit and (args.fold is not None or recipe.cv.seeds):
+    if args.refit and (args.fold is not None or recipe.seeds):
         raise TexttuneError("--refit follows a whole run of one seed: use it with texttune cv RECIPE (or --collect)")
     if args.fold is not None:
         bundle = train_fold(recipe, args.fold)

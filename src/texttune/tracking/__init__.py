@@ -19,6 +19,7 @@ _EXPORTS = {
     "record_bundle": "texttune.tracking.record",
     "record_cv": "texttune.tracking.record",
     "record_lr_find": "texttune.tracking.record",
+    "record_seeds": "texttune.tracking.record",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -25,7 +25,7 @@ from texttune.errors import TexttuneError
 from texttune.tracking._mlflow import ROLE_TAG, first_line, open_store, sqlite_path, store_errors
 
 _URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+|latest)|@(?P<alias>[\w.-]+))/?")
-_MEMBER = re.compile(r"fold-\d+")
+_MEMBER = re.compile(r"(?:fold|seed)-\d+")  # a cv run's folds, or a training.seeds run's seeds
 _RUN = re.compile(r"[\w][\w.-]*")  # a blend's run folder: one plain name, never a path
 
 
@@ -88,7 +88,7 @@ def _parts(uri: str, name: str, staging: Path) -> dict[str, str]:
     for member in members:
         match = _URI.fullmatch(str(sources.get(member, "")))
         if not pattern.fullmatch(str(member)) or match is None or match["name"] != name:
-            what = "fold" if kind == "ensemble" else "cv run"
+            what = "fold or seed" if kind == "ensemble" else "cv run"
             raise TexttuneError(f"{uri}: the {kind}'s {part} {member!r} is not a registered {what} of '{name}'")
         if not (match["version"] or "").isdigit():
             raise TexttuneError(f"{uri}: the {kind}'s {part} {member!r} names no version number")

@@ -137,13 +137,28 @@ def _record_cv(
     )
     with _selection(directory, CV_FILES) as files:
         run.log_artifacts(files)
+    tags = {"texttune.metric": metric, "texttune.folds": str(len(sources))}
+    return _register(
+        run, directory / ENSEMBLE_FILE, "ensemble", sources, tags, (report["oof"][metric], greater_is_better)
+    )
+
+
+def _register(
+    run: TrackedRun,
+    manifest_file: Path,
+    role: str,
+    sources: Mapping[str, str | None],
+    tags: Mapping[str, str],
+    best: tuple[float, bool] | None,
+) -> str | None:
+    """A manifest (an ensemble's or a blend's) as a model version that names the versions of its parts (`sources`:
+    folder -> reference); None where a part is not registered (log_models off, or the store failed)."""
     if not all(sources.values()):
-        return None  # a fold is not registered (log_models off, or the store failed): no ensemble to point at
-    manifest = json.loads((directory / ENSEMBLE_FILE).read_text())
+        return None
+    manifest = json.loads(manifest_file.read_text())
     with scratch_directory("tracking") as staging:
-        (Path(staging) / ENSEMBLE_FILE).write_text(json.dumps({**manifest, "sources": dict(sources)}, indent=2))
-        tags = {"texttune.role": "ensemble", "texttune.metric": metric, "texttune.folds": str(len(sources))}
-        return run.log_model(staging, "ensemble", tags, best=(report["oof"][metric], greater_is_better))
+        (Path(staging) / manifest_file.name).write_text(json.dumps({**manifest, "sources": dict(sources)}, indent=2))
+        return run.log_model(staging, role, {"texttune.role": role, **tags}, best=best)
 
 
 def record_blend(
@@ -162,13 +177,28 @@ def _record_blend(
     run.log_metrics(_prefixed("oof_", oof))
     with _selection(directory, ("seeds_report.json", "report.html", BLEND_FILE)) as files:
         run.log_artifacts(files)
-    if not all(sources.values()):
-        return None  # a run is not registered: no blend to point at
-    manifest = json.loads((directory / BLEND_FILE).read_text())
-    with scratch_directory("tracking") as staging:
-        (Path(staging) / BLEND_FILE).write_text(json.dumps({**manifest, "sources": dict(sources)}, indent=2))
-        tags = {"texttune.role": "blend", "texttune.metric": metric, "texttune.runs": str(len(sources))}
-        return run.log_model(staging, "blend", tags, best=(oof[metric], greater_is_better))
+    tags = {"texttune.metric": metric, "texttune.runs": str(len(sources))}
+    return _register(run, directory / BLEND_FILE, "blend", sources, tags, (oof[metric], greater_is_better))
+
+
+def record_seeds(
+    run: TrackedRun,
+    directory: str | Path,
+    valid: Mapping[str, float],
+    spec: TaskSpec,
+    sources: Mapping[str, str | None],
+) -> str | None:
+    """Record the seeds of a `training.seeds` run: their averaged validation metrics (`valid_*`) and the ensemble
+    manifest as a model version pointing at each seed's version (a trained model's version, never `best`)."""
+    return run.attempt(f"the seeds in {directory}", lambda: _record_seeds(run, Path(directory), valid, spec, sources))
+
+
+def _record_seeds(
+    run: TrackedRun, directory: Path, valid: Mapping[str, float], spec: TaskSpec, sources: Mapping[str, str | None]
+) -> str | None:
+    run.log_metrics(_prefixed("valid_", valid))
+    tags = {"texttune.metric": best_metric(spec)[0], "texttune.seeds": str(len(sources))}
+    return _register(run, directory / ENSEMBLE_FILE, "ensemble", sources, tags, None)
 
 
 def record_lr_find(run: TrackedRun, result: Any, plot: str | Path | None) -> None:

@@ -202,6 +202,18 @@ class TrainingConfig(_Section):
             raise ValueError("training.stages needs at least one stage, or leave it out")
         return self
 
+    def cut_at(self, epochs: float) -> TrainingConfig:
+        """These settings trained for `epochs` in all: `epochs` replaced, or the stages kept up to that point (the
+        last one kept shortened), e.g. for a refit for the epochs an evaluated run chose."""
+        if not self.stages:
+            return self.model_copy(update={"epochs": epochs})
+        stages, left = [], epochs
+        for stage in self.stages:
+            if left > 1e-9:
+                stages.append(stage.model_copy(update={"epochs": min(stage.epochs, left)}))
+            left -= stage.epochs
+        return self.model_copy(update={"stages": stages})
+
     def stage_plan(self) -> list[Stage]:
         """The stages to run; without `stages`, one stage that trains everything for `epochs`."""
         return list(self.stages) if self.stages else [Stage(unfreeze="all", epochs=self.epochs)]

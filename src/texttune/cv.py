@@ -360,16 +360,6 @@ def refit(recipe: Recipe) -> TrainResult:
         json.loads((run / f"fold-{k}" / "metrics.json").read_text())["valid"]["epoch"] for k in range(recipe.cv.folds)
     ]
     epochs = round(float(np.mean(chosen)), 3)
-    training = recipe.training
-    if training.stages:
-        stages, left = [], epochs
-        for stage in training.stages:
-            if left > 1e-9:
-                stages.append(stage.model_copy(update={"epochs": min(stage.epochs, left)}))
-            left -= stage.epochs
-        training = training.model_copy(update={"stages": stages})
-    else:
-        training = training.model_copy(update={"epochs": epochs})
     logger.info(
         "refit on every row for %g epochs, the mean of the folds' kept evaluations (%s)",
         epochs, ", ".join(f"{e:g}" for e in chosen),
@@ -377,7 +367,7 @@ def refit(recipe: Recipe) -> TrainResult:
     full = recipe.model_copy(
         update={
             "data": recipe.data.model_copy(update={"valid_fraction": 0.0, "valid": None}),
-            "training": training,
+            "training": recipe.training.cut_at(epochs),
             "output": recipe.output.model_copy(update={"dir": run / REFIT_DIR}),
         }
     )

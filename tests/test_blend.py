@@ -118,8 +118,13 @@ def test_cv_seeds_is_one_command_for_a_blend_of_seeds(write_recipe, tmp_path: Pa
     assert isinstance(registered, BlendPredictor) and registered.card()["members"] == 6
     texts = ["good film", "bad plot", "fine"]
     pd.testing.assert_frame_equal(registered.predict(texts), predictor.predict(texts))
-    best = Predictor.load("models:/seeds@best", tracking_uri=store)  # the blend, where its OOF beats every seed's
-    assert isinstance(best, BlendPredictor) == (summary["blend"]["accuracy"] > max(summary["oof"]))
+    labels = list(registered.task.labels)  # a known test prior works on a registered blend too
+    prior = {label: 1.0 + index for index, label in enumerate(labels)}
+    moved = Predictor.load("models:/seeds@latest", tracking_uri=store, class_prior=prior).predict(texts)
+    assert not np.allclose(moved.filter(like="prob_").to_numpy(), registered.predict(texts).filter(like="prob_"))
+    best = Predictor.load("models:/seeds@best", tracking_uri=store)  # the blend, where its honest OOF beats them
+    honest = manifest["oof_cross_fitted"]["accuracy"]
+    assert isinstance(best, BlendPredictor) == (honest > max(summary["oof"]))
     assert main(["-q", "cv", str(path), "--set", f"output.dir={run}"]) == 0  # again: both runs resume, complete
 
 

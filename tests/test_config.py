@@ -74,3 +74,13 @@ def test_stages_and_learning_rate_ranges_are_checked(tmp_path: Path) -> None:
         load_recipe(path, ["training.stages=[{lr: [1.0e-5, 1.0e-3]}]", "training.layer_decay=0.9"])
     with pytest.raises(TexttuneError, match=r"training.learning_rate: .*0 < low <= high"):
         load_recipe(path, ["training.learning_rate=[1.0e-3, 1.0e-5]"])
+
+
+def test_cut_at_keeps_whole_stages_then_shortens_the_last_one() -> None:
+    from texttune.config import TrainingConfig
+
+    staged = TrainingConfig(stages=[{"unfreeze": 1, "epochs": 1}, {"unfreeze": 3, "epochs": 0.5}, {"epochs": 2}])
+    assert [s.epochs for s in staged.cut_at(2.5).stages] == [1, 0.5, 1.0]
+    assert [s.epochs for s in staged.cut_at(0.25).stages] == [0.25]
+    assert [s.unfreeze for s in staged.cut_at(1.2).stages] == [1, 3]
+    assert TrainingConfig(epochs=3).cut_at(1.75).epochs == 1.75

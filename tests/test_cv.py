@@ -287,7 +287,7 @@ def test_post_processing_fitted_on_oof_is_reported_stored_and_applied_unless_raw
     assert Predictor.load(run, class_prior=prior).card()["class_prior"] == prior
     refused = {
         "unknown labels ['nope']": [str(run), "--class-prior", f"{shares},nope=0.1"],
-        "needs the training rows' class shares": [str(run / "fold-0"), "--class-prior", shares],
+        "needs the training rows' class counts": [str(run / "fold-0"), "--class-prior", shares],
         "every share must be positive": [str(run), "--class-prior", shares.replace("=0.8", "=0")],
     }
     for message, arguments in refused.items():
@@ -319,12 +319,17 @@ def test_refit_trains_every_row_for_the_epochs_the_folds_chose(write_recipe, tmp
     chosen = [json.loads((run / f"fold-{k}" / "metrics.json").read_text())["valid"]["epoch"] for k in range(3)]
     full = load_recipe(run / "full" / "recipe.yaml")
     assert full.data.valid_fraction == 0 and full.data.valid is None
-    planned = [stage.epochs for stage in full.training.stages]
-    assert sum(planned) == pytest.approx(round(float(np.mean(chosen)), 3))  # the stages cut where the folds chose
-    assert planned[:-1] == [1.0][: len(planned) - 1]  # whole stages first, then the cut one
+    cut = load_recipe(path).training.cut_at(round(float(np.mean(chosen)), 3))  # the stages cut where folds chose
+    assert full.training.stages == cut.stages  # (tests/test_config.py checks the cutting itself)
     report = json.loads((run / "full" / "metrics.json").read_text())
     assert report["train_rows"] == 45 and report["full_data"] is True
     assert len(Predictor.load(run).runners) == 3 and len(Predictor.load(run / "full").runners) == 1
     assert main(["-q", "cv", str(path), "--set", f"output.dir={run}"]) == 0  # the refit is part of the run
     assert main(["-q", "cv", str(path), "--set", f"output.dir={run}", "--fold", "0", "--refit"]) == 2
     assert "--refit follows a whole run of one seed" in capsys.readouterr().err
+    mine = tmp_path / "mine"  # a folder named full that texttune did not write is never taken for a refit
+    (mine / "full").mkdir(parents=True)
+    (mine / "full" / "notes.txt").write_text("keep")
+    assert main(["-q", "cv", str(path), "--set", f"output.dir={mine}", "--force"]) == 2
+    assert "is not a texttune cv run (it holds full)" in capsys.readouterr().err
+    assert (mine / "full" / "notes.txt").read_text() == "keep"

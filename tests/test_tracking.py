@@ -357,9 +357,8 @@ def test_a_manifest_from_the_store_cannot_reach_outside_its_folder(tmp_path: Pat
     blend_dir.mkdir()
     (blend_dir / "texttune-blend.json").write_text(json.dumps({"runs": ["../evil"], "weights": [1.0]}))
     with start_run(recipe, "blend") as run:
-        record_blend(
-            run, blend_dir, {"mcrmse": 0.3}, TaskSpec("regression", ("score",)), {"../evil": "models:/model/1"}
-        )
+        spec, sources = TaskSpec("regression", ("score",)), {"../evil": "models:/model/1"}
+        record_blend(run, blend_dir, {"mcrmse": 0.3}, {"mcrmse": 0.3}, spec, sources)
     with pytest.raises(TexttuneError, match="the blend's run '../evil' is not a registered cv run of 'model'"):
         Predictor.load("models:/model@best", tracking_uri=uri)
     assert not list(cache.glob("*/evil")) and not list(cache.glob("*/*/evil"))

@@ -249,5 +249,6 @@ def test_training_seeds_are_averaged_like_folds_on_one_validation_split(write_re
     assert len(registered.runners) == 2
     pd.testing.assert_frame_equal(registered.predict(texts), predictor.predict(texts))
     caplog.clear()
-    assert train(recipe).metrics == result.metrics  # run again: both seeds complete, kept
-    assert caplog.text.count("complete already, kept") == 2
+    again = train(recipe)  # run again: both seeds complete, kept, and the ensemble registered all the same
+    assert again.metrics == result.metrics and caplog.text.count("complete already, kept") == 2
+    assert again.model_version is not None and result.model_version is not None

@@ -16,6 +16,7 @@ import yaml
 
 from texttune import load_recipe
 from texttune.cli.main import main
+from texttune.errors import TexttuneError
 from texttune.tune import tune
 
 SPACE = {
@@ -118,3 +119,14 @@ def test_a_bad_search_space_is_a_one_line_error(write_recipe, tmp_path: Path, ca
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "tune").exists()
+
+
+def test_a_cv_objective_scores_trials_out_of_fold(write_recipe, tmp_path: Path) -> None:
+    recipe = load_recipe(_tune_recipe(write_recipe, tmp_path, pruner="none", folds=2))
+    result = tune(recipe, trials=2, cv=True)
+    study = optuna.load_study(study_name="regression", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert all(sorted(t.intermediate_values) == [0, 1] for t in study.trials)  # one report per fold
+    assert "out of fold" in result.best_recipe.read_text().splitlines()[0]
+    with pytest.raises(TexttuneError, match="made by another recipe, search space or objective"):
+        tune(recipe, trials=3)  # the same study with a split objective: refused, never mixed

@@ -166,6 +166,11 @@ def blend(runs: Sequence[str | Path], output: str | Path, inside: bool = False) 
         "oof_cross_fitted": score(crossed),
         "oof_runs": per_run,
         "cross_fitted": evidence,
+        **(
+            {}
+            if regression
+            else {"class_counts": dict(zip(labels, np.bincount(targets, minlength=len(labels)).tolist()))}
+        ),
     }
     if output.is_file():
         raise TexttuneError(f"--output {output} is a file; give the blend's folder")

@@ -46,6 +46,9 @@ class DataConfig(_Section):
     text_columns: list[str] = Field(["text"], min_length=1, description="Text column(s); several are joined.")
     target_columns: list[str] = Field(["label"], min_length=1, description="One label column or score columns.")
     id_column: str | None = Field(None, description="Row id, written first in submissions.")
+    split_seed: int | None = Field(
+        None, description="Seed of the valid_fraction split; None: training.seed (training.seeds share one split)."
+    )
     sep: str | None = Field(None, description="Field separator; default ',' for .csv and tab for .tsv.")
 
     _lists = field_validator("text_columns", "target_columns", mode="before")(_as_list)

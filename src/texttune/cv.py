@@ -25,6 +25,7 @@ from sklearn.metrics import confusion_matrix
 from texttune import plots
 from texttune._io import atomic_file, claim_holder, exclusive_claim, is_staging
 from texttune.bundle import BLEND_FILE, BUNDLE_FILE, ENSEMBLE_FILE, VALID_PREDICTIONS, WEIGHTS_FILE, load_bundle
+from texttune.checkpoints import CHECKPOINTS
 from texttune.config import Recipe
 from texttune.data import read_table
 from texttune.distributed import check_shared, from_main, main_first, processes, start
@@ -34,6 +35,7 @@ from texttune.folds import make_folds
 from texttune.metrics import best_metric, classification_metrics, regression_metrics
 from texttune.postprocess import PostProcessing, fit_on_oof
 from texttune.report import REPORT_FILE, save_report, write_report
+from texttune.seeds import seed_recipe
 from texttune.task import Examples, TaskSpec, encode_targets, read_examples
 from texttune.tracking import TrackedRun, recipe_params, record_blend, record_bundle, record_cv, start_run
 from texttune.training import TrainResult, train
@@ -43,8 +45,8 @@ logger = logging.getLogger(__name__)
 RUN_FILE = "cv_run.json"
 SEEDS_FILE = "seeds_report.json"  # a multi-seed run: each seed's OOF metric, their spread and the blend's
 EXECUTORS = ("sequential", "ray")
-REFIT_DIR = "full"  # `refit`: the full-data model of a cv run, inside it
-_OUTPUTS = ("folds.csv", "oof.csv", "cv_report.json", REPORT_FILE, "oof_*.png", ENSEMBLE_FILE, "fold-*", REFIT_DIR)
+REFIT_DIR = "full"  # `refit`: the full-data model of a cv run, inside it (ours only where it holds one: _is_refit)
+_OUTPUTS = ("folds.csv", "oof.csv", "cv_report.json", REPORT_FILE, "oof_*.png", ENSEMBLE_FILE, "fold-*")
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,9 @@ def _claim(run: Path, fingerprint: dict[str, Any], force: bool, sweep: bool = Tr
         raise TexttuneError(f"output.dir {run} is a file; a cv run needs a directory: choose another output.dir")
     entries = list(run.iterdir()) if run.exists() else []
     kept = [entry for entry in entries if not is_staging(entry)]
-    foreign = [e.name for e in kept if not any(e.match(pattern) for pattern in (*_OUTPUTS, RUN_FILE))]
+    foreign = [
+        e.name for e in kept if not (any(e.match(pattern) for pattern in (*_OUTPUTS, RUN_FILE)) or _is_refit(e))
+    ]
     if foreign:
         raise TexttuneError(
             f"output.dir {run} exists and is not a texttune cv run (it holds {', '.join(sorted(foreign)[:3])}); "
@@ -110,9 +114,20 @@ def _claim(run: Path, fingerprint: dict[str, Any], force: bool, sweep: bool = Tr
             for pattern in _OUTPUTS:
                 for path in run.glob(pattern):
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
+            if _is_refit(run / REFIT_DIR):
+                shutil.rmtree(run / REFIT_DIR)
     if not (run / RUN_FILE).is_file():
         with atomic_file(run / RUN_FILE) as staging:
             staging.write_text(json.dumps(fingerprint, indent=2) + "\n")
+
+
+def _is_refit(entry: Path) -> bool:
+    """`full/` as `refit` leaves it: a bundle, or the checkpoints of a refit that was killed."""
+    return (
+        entry.name == REFIT_DIR
+        and entry.is_dir()
+        and ((entry / BUNDLE_FILE).is_file() or {p.name for p in entry.iterdir()} <= {CHECKPOINTS})
+    )
 
 
 def fold_claim(fold_dir: Path) -> contextlib.AbstractContextManager:
@@ -309,13 +324,8 @@ def _run_seeds(recipe: Recipe, force: bool, executor: str) -> CVResult:
     results, version = [], None
     for seed in recipe.seeds:
         logger.info("seed %d (%d of %d)", seed, len(results) + 1, len(recipe.seeds))
-        single = recipe.model_copy(
-            update={
-                "training": recipe.training.model_copy(update={"seed": seed, "seeds": []}),
-                "cv": recipe.cv.model_copy(update={"seeds": [], "seed": plan_seed}),
-                "output": recipe.output.model_copy(update={"dir": run / f"seed-{seed}"}),
-            }
-        )
+        single = seed_recipe(recipe, seed)  # on the first seed's fold plan
+        single = single.model_copy(update={"cv": recipe.cv.model_copy(update={"seeds": [], "seed": plan_seed})})
         results.append(run_cv(single, force, executor))
     metric = results[0].report["metric"]
     report = dict(results[0].report)
@@ -337,7 +347,7 @@ def _run_seeds(recipe: Recipe, force: bool, executor: str) -> CVResult:
         with start_run(recipe, "blend") as tracked:
             tracked.log_params(recipe_params(recipe, spec))
             sources = {result.run.name: result.model_version for result in results}
-            version = record_blend(tracked, run, mixed.blend, spec, sources)
+            version = record_blend(tracked, run, mixed.blend, mixed.cross_fitted, spec, sources)
     return CVResult(run, from_main(report), time.perf_counter() - started, from_main(version))
 
 
@@ -347,7 +357,7 @@ def refit(recipe: Recipe) -> TrainResult:
     as a bundle to `output.dir/full`. Its score is the cv run's: nothing is held out to measure it on.
 
     Raises:
-        TexttuneError: a multi-seed recipe, or folds not complete yet.
+        TexttuneError: a multi-seed recipe, folds not complete yet, or a run of another recipe or data.
     """
     _single_seed(recipe, "--refit")
     run = Path(recipe.output.dir)
@@ -356,9 +366,18 @@ def refit(recipe: Recipe) -> TrainResult:
         raise TexttuneError(
             f"{run}: --refit needs every fold complete; fold {missing[0]} is not: run texttune cv first"
         )
-    chosen = [
-        json.loads((run / f"fold-{k}" / "metrics.json").read_text())["valid"]["epoch"] for k in range(recipe.cv.folds)
-    ]
+    changed = _changes(run, fingerprint(recipe, cv=True))
+    if changed:
+        raise TexttuneError(f"{run} holds a cv run of another recipe or data (changed: {', '.join(changed[:5])})")
+    try:
+        chosen = [
+            float(json.loads((run / f"fold-{k}" / "metrics.json").read_text())["valid"]["epoch"])
+            for k in range(recipe.cv.folds)
+        ]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TexttuneError(
+            f"{run}: a fold's metrics.json does not say its kept epoch ({exc}); run cv again"
+        ) from None
     epochs = round(float(np.mean(chosen)), 3)
     logger.info(
         "refit on every row for %g epochs, the mean of the folds' kept evaluations (%s)",
@@ -513,5 +532,8 @@ def _finish(run: Path, recipe: Recipe, plan: _Plan, oof: pd.DataFrame, report: d
     with atomic_file(run / ENSEMBLE_FILE) as staging:
         manifest = {"format_version": 1, "members": members, "weights": None, "oof": report["oof"]}
         manifest["postprocess"] = report.get("postprocess", {}).get("steps", [])
+        if "confusion_matrix" in report:  # the training rows' classes, for a known test prior (Predictor.moved_to)
+            matrix = report["confusion_matrix"]
+            manifest["class_counts"] = dict(zip(matrix["labels"], np.sum(matrix["counts"], axis=1).tolist()))
         staging.write_text(json.dumps(manifest, indent=2) + "\n")
     save_report(run, lambda: write_report(run, recipe, plan.examples, plan.folds, oof, report))  # last

@@ -30,13 +30,6 @@ from texttune.trainer import TexttuneTrainer, training_arguments
 logger = logging.getLogger(__name__)
 
 
-def lr_find_plot(output_dir: str | Path) -> Path:
-    """Where `texttune lr-find` puts its plot by default: beside the recipe's output.dir, so that a later cv run
-    of the recipe finds it (its report shows it)."""
-    output = Path(output_dir)
-    return output.with_name(f"{output.name}-lr_find.png")
-
-
 @dataclass(frozen=True)
 class LRFindResult:
     """The sweep (rate per step, raw and smoothed loss), the classic suggestions, and where to start fine-tuning a

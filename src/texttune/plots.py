@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,13 @@ def _png(figure: Any) -> bytes:
     figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
     return buffer.getvalue()
+
+
+def lr_find_plot(output_dir: str | Path) -> Path:
+    """Where `texttune lr-find` puts its plot by default: beside the recipe's output.dir, so that a later cv run
+    of the recipe finds it (its report shows it)."""
+    output = Path(output_dir)
+    return output.with_name(f"{output.name}-lr_find.png")
 
 
 def training_curves(

@@ -196,8 +196,9 @@ def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, bins: int
     )
 
 
+# ClassPrior is not here: it is given at load time (`Predictor.moved_to`), never stored in a bundle or manifest
 Step = Softmax | Clip | Snap | Temperature | ClassPrior
-STEPS: dict[str, type] = {step.name: step for step in (Softmax, Clip, Snap, Temperature, ClassPrior)}
+STEPS: dict[str, type] = {step.name: step for step in (Softmax, Clip, Snap, Temperature)}
 
 
 @dataclass(frozen=True)

@@ -154,16 +154,13 @@ class Predictor:
             )
         if not all(np.isfinite(prior[label]) and prior[label] > 0 for label in labels):
             raise TexttuneError(f"class prior: every share must be positive, got {dict(prior)}")
-        report = path / "cv_report.json"
-        if (path / BLEND_FILE).is_file():  # its runs share their rows: the first one's report
-            report = path / json.loads((path / BLEND_FILE).read_text())["runs"][0] / "cv_report.json"
-        if not report.is_file():
+        counts = _class_counts(path)
+        if counts is None or set(counts) != set(labels):
             raise TexttuneError(
-                f"{path}: a class prior needs the training rows' class shares, which a cv run records "
-                "(cv_report.json); predict with a texttune cv run"
+                f"{path}: a class prior needs the training rows' class counts, which a cv run or blend records; "
+                "predict with a texttune cv run (or blend)"
             )
-        counts = np.asarray(json.loads(report.read_text())["confusion_matrix"]["counts"], dtype=float).sum(axis=1)
-        shift = ClassPrior.between(counts, [prior[label] for label in labels])
+        shift = ClassPrior.between([counts[label] for label in labels], [prior[label] for label in labels])
         self.info = replace(self.info, postprocess=PostProcessing((shift, *self.info.postprocess.steps)))
         self.about = {**self.about, "class_prior": {label: float(prior[label]) for label in labels}}
         return self
@@ -306,6 +303,21 @@ class Predictor:
         with atomic_file(destination) as staging:
             submission.to_csv(staging, index=False)
         return submission
+
+
+def _class_counts(path: Path) -> dict[str, float] | None:
+    """The training rows' count per class that a cv run's or blend's manifest records (an older cv run's report)."""
+    for file in (ENSEMBLE_FILE, BLEND_FILE):
+        if (path / file).is_file():
+            try:
+                manifest = json.loads((path / file).read_text())
+                if "class_counts" in manifest:
+                    return {str(k): float(v) for k, v in dict(manifest["class_counts"]).items()}
+                matrix = json.loads((path / "cv_report.json").read_text())["confusion_matrix"]
+                return {str(k): float(sum(row)) for k, row in zip(matrix["labels"], matrix["counts"])}
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+    return None
 
 
 def _scores_and_fidelity(path: Path, members: Sequence[Bundle], engine: str) -> dict[str, Any]:

@@ -30,7 +30,8 @@ def read_training_examples(recipe: Recipe) -> tuple[Examples, Examples]:
     if data.full:
         return examples, examples.subset(np.arange(0))
     if data.valid is None:
-        return split_examples(examples, data.valid_fraction, recipe.training.seed)
+        split_seed = recipe.training.seed if data.split_seed is None else data.split_seed
+        return split_examples(examples, data.valid_fraction, split_seed)
     # The whole table trains: its statistics from the values as read (float64), as format-1 releases did, so that
     # a recipe keeps giving the same model. After a split, `prepare` takes them from the float32 training labels.
     train = replace(examples, task=examples.task.with_statistics(examples.targets))

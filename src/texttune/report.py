@@ -19,8 +19,7 @@ import yaml
 from texttune import plots
 from texttune._io import atomic_file
 from texttune.config import Recipe
-from texttune.lr_find import lr_find_plot
-from texttune.metrics import task_metrics
+from texttune.metrics import best_metric, task_metrics
 from texttune.postprocess import PostProcessing
 from texttune.task import Examples, TaskSpec, encode_targets
 
@@ -174,7 +173,7 @@ def write_report(
     sections.append(("worst", f"The {WORST_ROWS} worst-predicted rows", _table(_worst(oof, texts, spec), 3)))
     recipe_text = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
     sections.append(("recipe", "Recipe (resolved)", f"<pre>{html.escape(recipe_text)}</pre>"))
-    lr_plot = lr_find_plot(run)
+    lr_plot = plots.lr_find_plot(run)
     if lr_plot.is_file():
         caption = f"{lr_plot.name}, the last texttune lr-find of this recipe's output.dir"
         sections.append(("lr-find", "LR range test", _figure(lr_plot.read_bytes(), caption)))
@@ -255,7 +254,7 @@ def write_blend_report(
         if (output / run / REPORT_FILE).is_file()
     ]
     sections.append(("reports", "The runs' own reports", f"<ul>{''.join(links)}</ul>" if links else "<p>none</p>"))
-    metric = "mcrmse" if spec.is_regression else "accuracy"
+    metric = best_metric(spec)[0]
     head = (
         f"blend of {len(runs)} runs: OOF {metric} {manifest['oof'][metric]:.4f} (cross-fitted "
         f"{manifest['oof_cross_fitted'][metric]:.4f}); runs {runs[metric].mean():.4f} &plusmn; "

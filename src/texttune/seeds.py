@@ -25,9 +25,8 @@ from texttune.errors import TexttuneError
 from texttune.fingerprint import fingerprint
 from texttune.metrics import task_metrics
 from texttune.postprocess import PostProcessing, softmax
-from texttune.prepare import read_training_examples
 from texttune.task import encode_targets
-from texttune.tracking import recipe_params, record_seeds, start_run
+from texttune.tracking import recipe_params, record_bundle, record_seeds, start_run
 from texttune.training import TrainResult, train
 
 logger = logging.getLogger(__name__)
@@ -57,21 +56,24 @@ def train_seeds(recipe: Recipe, restart: bool = False) -> TrainResult:
         or any(not (e.match("seed-*") or e.name == ENSEMBLE_FILE or is_staging(e)) for e in output.iterdir())
     ):
         raise TexttuneError(f"output.dir {output} holds more than a training.seeds run; choose another output.dir")
-    examples = read_training_examples(recipe)  # split once, by training.seed: every seed validates on the same rows
+    split_seed = recipe.training.seed if recipe.data.split_seed is None else recipe.data.split_seed
     members, sources, per_seed, baseline = [], {}, {}, {}
     with start_run(recipe, "train") as tracked:
         tracked.log_params(recipe_params(recipe))
         for seed in seeds:
-            single = seed_recipe(recipe, seed)
+            single = seed_recipe(recipe, seed)  # every seed validates on the rows of one split
+            single = single.model_copy(update={"data": single.data.model_copy(update={"split_seed": split_seed})})
             member = Path(single.output.dir)
             with tracked.child(member.name, "seed", {"texttune.seed": str(seed)}) as run:
                 if _complete(member, single) and not restart:
                     logger.info("seed %d: complete already, kept", seed)
                     metrics = json.loads((member / "metrics.json").read_text())
-                    per_seed[seed], baseline, version = metrics["valid"], metrics["baseline"], None
+                    per_seed[seed], baseline = metrics["valid"], metrics["baseline"]
+                    run.log_params(recipe_params(single))
+                    version = record_bundle(run, member, load_bundle(member, model=False).info.task, replay=True)
                 else:
                     logger.info("seed %d (%d of %d)", seed, len(members) + 1, len(seeds))
-                    result = train(single, examples, run=run, restart=restart)
+                    result = train(single, run=run, restart=restart)
                     per_seed[seed], baseline, version = result.metrics, result.baseline, result.model_version
             members.append(member.name)
             sources[member.name] = version

@@ -133,7 +133,8 @@ def fit(
     key: dict | None = None,
 ) -> Fit:
     """Train the prepared model stage by stage (one stage without `training.stages`) and load the best weights seen
-    in any stage's evaluations. `callbacks` join every stage's Trainer; `listeners` get each log entry (tracking).
+    in any stage's evaluations (without a validation set, the last weights, or their moving average). `callbacks`
+    join every stage's Trainer; `listeners` get each log entry (tracking).
 
     With `training.checkpoints`, a run killed in `output.dir` resumes from its newest checkpoint (see
     `texttune.checkpoints`) and ends as the uninterrupted run would have; `restart` discards them instead. `key`:
@@ -157,6 +158,7 @@ def fit(
         resumed = checkpoints.resume(candidates, model, len(stages), use_bf16(recipe.training.precision))
     run = resumed[1] if resumed else None
     first = 0 if run is None else run["stage"] + (0 if run["mid_stage"] else 1)
+    trainer = None
     with scratch_directory("scratch") as scratch:
         for index in range(first, len(stages)):
             trainer = stage_trainer(
@@ -170,6 +172,8 @@ def fit(
                 checkpoints.save(model)  # the stage is done: the next one starts from these weights
     model.freeze_to(None)
     if not len(prepared.valid_set):  # a full-data refit: nothing to choose from, the last weights are the model
+        if trainer is not None and trainer.weight_averaging is not None:  # or their average, as evaluated
+            model.load_state_dict(trainer.weight_averaging.average, strict=False)
         return Fit({}, history, None)
     keep_best.restore(model)
     kept = next(entry for entry in history.of_kind("eval") if entry.values.get(metric) == keep_best.best)
@@ -184,7 +188,8 @@ def train(
     callbacks: Sequence[TrainerCallback] = (),
 ) -> TrainResult:
     """Fine-tune the recipe's encoder (`prepare`, then `fit`) and write the best weights as a bundle in `output.dir`,
-    with `training_curves.png` and the validation predictions inside.
+    with `training_curves.png` and the validation predictions inside (`data.valid_fraction` 0: every row trains
+    and the last weights are written; `training.seeds`: one bundle per seed and their ensemble, `texttune.seeds`).
 
     The run is recorded in the recipe's tracking store (`tracking`), or in `run` (a cv fold's); tracking failures
     only warn. A run killed earlier in the same `output.dir` resumes from its checkpoints; `restart` discards them.
@@ -200,6 +205,8 @@ def train(
     if recipe.training.seeds:  # one model per seed, averaged (texttune.seeds)
         from texttune.seeds import train_seeds
 
+        if examples is not None or run is not None or callbacks:
+            raise TexttuneError("training.seeds trains its own seeds: give examples, run or callbacks to one seed's")
         return train_seeds(recipe, restart)
     started = time.perf_counter()
     output = Path(recipe.output.dir)

@@ -92,6 +92,10 @@ def _check_space(recipe: Recipe) -> None:
         check_recipe_key(key, "tune.space")
     if recipe.training.stages and "training.epochs" in recipe.tune.space:
         raise TexttuneError("tune.space: training.epochs is unused where training.stages are set; search a stage's")
+    if recipe.seeds:
+        raise TexttuneError("tune searches one seed's recipe: leave cv.seeds and training.seeds out (--set ...=[])")
+    if any(key.startswith("data.valid") or key == "data.split_seed" for key in recipe.tune.space):
+        raise TexttuneError("tune.space: the validation rows are what trials are compared on; do not search them")
 
 
 def _suggest_value(trial: Any, key: str, dimension: SearchRange | list[Any]) -> Any:
@@ -139,10 +143,12 @@ def _recover(study: Any, storage: Any) -> None:
             )
 
 
-def _sampler_and_pruner(recipe: Recipe) -> tuple[Any, Any]:
+def _sampler_and_pruner(recipe: Recipe, trials_so_far: int) -> tuple[Any, Any]:
+    """The study's sampler and pruner; the sampler's seed moves on with the trials a resumed study holds, so that
+    it does not draw the first trials' values again."""
     import optuna
 
-    settings, seed = recipe.tune, recipe.training.seed
+    settings, seed = recipe.tune, recipe.training.seed + trials_so_far
     if settings.sampler == "tpe":
         sampler = optuna.samplers.TPESampler(n_startup_trials=settings.startup_trials, seed=seed)
     else:
@@ -171,7 +177,10 @@ def _check_directory(directory: Path, study: str, storage: str) -> None:
     """Refuse an `output.dir` that is not this study's tune directory."""
     marker = directory / TUNE_FILE
     if marker.is_file():
-        known = json.loads(marker.read_text())
+        try:
+            known = dict(json.loads(marker.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise TexttuneError(f"{marker}: unreadable ({exc}); choose another output.dir") from None
         if (known.get("study"), known.get("storage")) != (study, storage):
             raise TexttuneError(
                 f"output.dir {directory} belongs to the study {known.get('study')!r} in {known.get('storage')}; "
@@ -182,8 +191,9 @@ def _check_directory(directory: Path, study: str, storage: str) -> None:
 
 
 def tune(recipe: Recipe, trials: int, timeout: float | None = None, cv: bool = False) -> TuneResult:
-    """Run (or resume) the study of `recipe` until it holds `trials` finished (complete or pruned) trials, or for
-    `timeout` seconds; then write `best.yaml`, `trials.csv` and the plots into `output.dir`.
+    """Run (or resume) the study of `recipe`: as many trials as it lacks of `trials` finished (complete or pruned)
+    ones, failed trials included in that count, or fewer where `timeout` seconds pass first; then write
+    `best.yaml`, `trials.csv` and the plots into `output.dir`.
 
     Raises:
         TexttuneError: an empty or unknown search space, a study of another recipe under the same name, or a
@@ -197,20 +207,27 @@ def tune(recipe: Recipe, trials: int, timeout: float | None = None, cv: bool = F
     directory, name, url = Path(recipe.output.dir), recipe.tune.study or recipe.tracking.name, storage_url(recipe)
     name = name or directory.name
     _check_directory(directory, name, url)
+    if recipe.data.full and not cv:
+        raise TexttuneError("data.valid_fraction 0 leaves no validation rows to compare trials on; give it or --cv")
     spec = read_examples(recipe.data.train, recipe.data, recipe.task).task
     metric, greater_is_better = best_metric(spec)
-    key = {**fingerprint(recipe, cv=cv), "objective": "cv" if cv else "split", "space": recipe.to_dict()["tune"]}
+    settings = fingerprint(recipe, cv=cv)
+    settings["settings"] = {  # the searched keys' own values, and for a split the cv settings, change no trial
+        k: v for k, v in settings["settings"].items() if k not in recipe.tune.space and (cv or not k.startswith("cv."))
+    }
+    key = {**settings, "objective": f"cv of {recipe.tune.folds or recipe.cv.folds} folds" if cv else "split"}
+    key["space"] = recipe.to_dict()["tune"]["space"]
     with _no_experimental_warnings():  # a heartbeat fails other machines' dead trials, and the callback retries them
         storage = optuna.storages.RDBStorage(
             url, heartbeat_interval=60, grace_period=180,
             failed_trial_callback=optuna.storages.RetryFailedTrialCallback(),
         )  # fmt: skip
-    sampler, pruner = _sampler_and_pruner(recipe)
     with _quiet_optuna():
         study = optuna.create_study(
-            storage=storage, sampler=sampler, pruner=pruner, study_name=name, load_if_exists=True,
+            storage=storage, study_name=name, load_if_exists=True,
             direction="maximize" if greater_is_better else "minimize",
         )  # fmt: skip
+    study.sampler, study.pruner = _sampler_and_pruner(recipe, len(study.trials))
     made_by = study.user_attrs.get("texttune.recipe")
     if made_by is None:
         study.set_user_attr("texttune.recipe", json.loads(json.dumps(key, default=str)))
@@ -254,12 +271,7 @@ class _Objective:
         with scratch_directory("tune") as scratch:
             recipe = trial_recipe(self.recipe, values, Path(scratch) / "model")
             quiet = {"checkpoints": False}  # a killed trial is tried again from the start
-            recipe = recipe.model_copy(
-                update={
-                    "training": recipe.training.model_copy(update=quiet),
-                    "tracking": recipe.tracking.model_copy(update={"log_models": False}),
-                }
-            )
+            recipe = recipe.model_copy(update={"training": recipe.training.model_copy(update=quiet)})
             with self.study_run.child(f"trial-{trial.number}", "trial", {"texttune.trial": str(trial.number)}) as run:
                 try:
                     if self.cv:

@@ -21,7 +21,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from texttune.lr_find import lr_find, lr_find_plot
+    from texttune.lr_find import lr_find
+    from texttune.plots import lr_find_plot
 
     recipe = load_recipe(args.recipe, args.overrides)
     plot = Path(args.plot) if args.plot else lr_find_plot(recipe.output.dir)

@@ -10,7 +10,16 @@ from texttune.tracking._mlflow import first_line, open_store, store_errors
 
 # the metric that sums up a run of each kind, by task
 _KEY_METRICS = {"regression": "mcrmse", "classification": "accuracy"}
-_PREFIX = {"cv": "oof_", "blend": "oof_", "lr-find": "", "train": "best_", "fold": "best_"}
+_PREFIX = {
+    "cv": "oof_",
+    "blend": "oof_cross_fitted_",
+    "tune": "best_",
+    "trial": "best_",
+    "seed": "best_",
+    "lr-find": "",
+    "train": "best_",
+    "fold": "best_",
+}
 
 
 @dataclass(frozen=True)

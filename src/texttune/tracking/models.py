@@ -26,7 +26,7 @@ from texttune.tracking._mlflow import ROLE_TAG, first_line, open_store, sqlite_p
 
 _URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+|latest)|@(?P<alias>[\w.-]+))/?")
 _MEMBER = re.compile(r"(?:fold|seed)-\d+")  # a cv run's folds, or a training.seeds run's seeds
-_RUN = re.compile(r"[\w][\w.-]*")  # a blend's run folder: one plain name, never a path
+_RUN = re.compile(r"seed-\d+")  # a registered blend's runs: a multi-seed cv run's seeds
 
 
 def cache_root() -> Path:
@@ -70,9 +70,9 @@ def _download(mlflow: Any, store: str, name: str, version: str, destination: Pat
 
 
 def _parts(uri: str, name: str, staging: Path) -> dict[str, str]:
-    """The folders a version's manifest points at, and the versions they come from: an ensemble's folds, or a
-    blend's runs (each a cv ensemble). A manifest is data from the store, so its folders must be plain names (a
-    fold folder, for an ensemble) and its sources numbered versions of the same model."""
+    """The folders a version's manifest points at, and the versions they come from: an ensemble's folds (or seeds),
+    or a blend's runs (each a cv ensemble). A manifest is data from the store, so its folders must be `fold-K` or
+    `seed-S` names and its sources numbered versions of the same model."""
     if (staging / ENSEMBLE_FILE).is_file():
         file, key, kind, part, pattern = ENSEMBLE_FILE, "members", "ensemble", "member", _MEMBER
     elif (staging / BLEND_FILE).is_file():
@@ -93,7 +93,7 @@ def _parts(uri: str, name: str, staging: Path) -> dict[str, str]:
         if not (match["version"] or "").isdigit():
             raise TexttuneError(f"{uri}: the {kind}'s {part} {member!r} names no version number")
         versions[member] = match["version"]
-    if set(sources) != set(members):
+    if set(sources) != set(members) or not members:
         raise TexttuneError(f"{uri}: the {kind}'s sources do not match its {key}")
     return versions
 
@@ -104,10 +104,13 @@ def _fetch_into(mlflow: Any, store: str, uri: str, name: str, version: str, fold
     parts = _parts(uri, name, folder)
     if parts and depth == 2:
         raise TexttuneError(f"{uri}: version {version} nests manifests deeper than a blend of cv runs")
+    blend = (folder / BLEND_FILE).is_file()
     for part, source in parts.items():
         _fetch_into(mlflow, store, uri, name, source, folder / part, depth + 1)
-        if (folder / BLEND_FILE).is_file() and not (folder / part / ENSEMBLE_FILE).is_file():
-            raise TexttuneError(f"{uri}: the blend's run {part!r} (version {source}) is not a cv ensemble")
+        expected = ENSEMBLE_FILE if blend else BUNDLE_FILE  # a blend of ensembles, an ensemble of bundles
+        if not (folder / part / expected).is_file() or (not blend and (folder / part / ENSEMBLE_FILE).is_file()):
+            what = "a cv ensemble" if blend else "a trained bundle"
+            raise TexttuneError(f"{uri}: {part!r} (version {source}) is not {what}")
 
 
 def _complete(folder: Path) -> bool:

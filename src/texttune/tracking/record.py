@@ -162,23 +162,36 @@ def _register(
 
 
 def record_blend(
-    run: TrackedRun, directory: str | Path, oof: Mapping[str, float], spec: TaskSpec, sources: Mapping[str, str | None]
+    run: TrackedRun,
+    directory: str | Path,
+    oof: Mapping[str, float],
+    cross_fitted: Mapping[str, float],
+    spec: TaskSpec,
+    sources: Mapping[str, str | None],
 ) -> str | None:
-    """Record a blend of cv runs (a multi-seed run): its out-of-fold metrics (`oof_*`), its seeds' report, and its
-    manifest as a model version pointing at the runs' ensemble versions (`sources`: run folder -> reference). The
-    version becomes `best` when its OOF score beats the best one."""
-    return run.attempt(f"the blend {directory}", lambda: _record_blend(run, Path(directory), oof, spec, sources))
+    """Record a blend of cv runs (a multi-seed run): its out-of-fold metrics (`oof_*`, and the honest
+    `oof_cross_fitted_*`), its report, and its manifest as a model version pointing at the runs' ensemble versions
+    (`sources`: run folder -> reference). The version becomes `best` when its cross-fitted OOF score beats the best
+    one: the score with weights fitted on all rows is slightly optimistic, and the runs compete with honest ones."""
+    return run.attempt(
+        f"the blend {directory}", lambda: _record_blend(run, Path(directory), oof, cross_fitted, spec, sources)
+    )
 
 
 def _record_blend(
-    run: TrackedRun, directory: Path, oof: Mapping[str, float], spec: TaskSpec, sources: Mapping[str, str | None]
+    run: TrackedRun,
+    directory: Path,
+    oof: Mapping[str, float],
+    cross_fitted: Mapping[str, float],
+    spec: TaskSpec,
+    sources: Mapping[str, str | None],
 ) -> str | None:
     metric, greater_is_better = best_metric(spec)
-    run.log_metrics(_prefixed("oof_", oof))
+    run.log_metrics({**_prefixed("oof_", oof), **_prefixed("oof_cross_fitted_", cross_fitted)})
     with _selection(directory, ("seeds_report.json", "report.html", BLEND_FILE)) as files:
         run.log_artifacts(files)
     tags = {"texttune.metric": metric, "texttune.runs": str(len(sources))}
-    return _register(run, directory / BLEND_FILE, "blend", sources, tags, (oof[metric], greater_is_better))
+    return _register(run, directory / BLEND_FILE, "blend", sources, tags, (cross_fitted[metric], greater_is_better))
 
 
 def record_seeds(
@@ -188,7 +201,7 @@ def record_seeds(
     spec: TaskSpec,
     sources: Mapping[str, str | None],
 ) -> str | None:
-    """Record the seeds of a `training.seeds` run: their averaged validation metrics (`valid_*`) and the ensemble
+    """Record the seeds of a `training.seeds` run: their averaged validation metrics (`best_*`) and the ensemble
     manifest as a model version pointing at each seed's version (a trained model's version, never `best`)."""
     return run.attempt(f"the seeds in {directory}", lambda: _record_seeds(run, Path(directory), valid, spec, sources))
 
@@ -196,7 +209,7 @@ def record_seeds(
 def _record_seeds(
     run: TrackedRun, directory: Path, valid: Mapping[str, float], spec: TaskSpec, sources: Mapping[str, str | None]
 ) -> str | None:
-    run.log_metrics(_prefixed("valid_", valid))
+    run.log_metrics(_prefixed("best_", valid))  # as a train run's kept evaluation
     tags = {"texttune.metric": best_metric(spec)[0], "texttune.seeds": str(len(sources))}
     return _register(run, directory / ENSEMBLE_FILE, "ensemble", sources, tags, None)
 

@@ -89,6 +89,29 @@ def test_a_blend_of_two_runs_predicts_and_other_fold_plans_are_refused(write_rec
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
+def test_a_blend_of_tracked_runs_is_registered_and_served_from_the_store(write_recipe, tmp_path: Path, capsys) -> None:
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = write_recipe("classification", rows=40, training={"epochs": 1}, cv={"folds": 2})
+    runs = []
+    for name, rate in (("a", "0.003"), ("b", "0.01")):
+        tracked = [
+            "tracking.backend=mlflow",
+            f"tracking.uri={store}",
+            "tracking.name=mix",
+            f"output.dir={tmp_path / name}",
+        ]
+        runs.append(run_cv(load_recipe(path, [*tracked, f"training.learning_rate={rate}"])).run)
+    untracked = run_cv(load_recipe(path, [f"output.dir={tmp_path / 'c'}", "training.learning_rate=0.02"])).run
+    assert main(["-q", "blend", str(runs[0]), str(untracked), "--output", str(tmp_path / "no"), "--register"]) == 2
+    assert "c: no registered version (registered.json" in capsys.readouterr().err
+    assert main(["-q", "blend", *map(str, runs), "--output", str(tmp_path / "blend"), "--register"]) == 0
+    assert "registered as models:/mix/" in capsys.readouterr().out
+    texts = ["good great film", "awful dull plot"]
+    fetched = Predictor.load("models:/mix@latest", tracking_uri=store)  # run-0, run-1: each ensemble, folds and all
+    assert isinstance(fetched, BlendPredictor) and fetched.card()["runs"] == 2
+    pd.testing.assert_frame_equal(fetched.predict(texts), Predictor.load(tmp_path / "blend").predict(texts))
+
+
 @pytest.mark.parametrize("arguments", [["only-one"], ["a", "b"]])
 def test_bad_blend_inputs_are_one_line_errors(tmp_path: Path, capsys, arguments: list[str]) -> None:
     runs = [str(tmp_path / name) for name in arguments]

@@ -46,7 +46,10 @@ RUN_FILE = "cv_run.json"
 SEEDS_FILE = "seeds_report.json"  # a multi-seed run: each seed's OOF metric, their spread and the blend's
 EXECUTORS = ("sequential", "ray")
 REFIT_DIR = "full"  # `refit`: the full-data model of a cv run, inside it (ours only where it holds one: _is_refit)
-_OUTPUTS = ("folds.csv", "oof.csv", "cv_report.json", REPORT_FILE, "oof_*.png", ENSEMBLE_FILE, "fold-*")
+REGISTERED_FILE = "registered.json"  # the ensemble's model version and store, where tracking registered it
+_OUTPUTS = (
+    "folds.csv", "oof.csv", "cv_report.json", REPORT_FILE, "oof_*.png", ENSEMBLE_FILE, "fold-*", REGISTERED_FILE
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -481,6 +484,12 @@ def _record(recipe: Recipe, plan: _Plan, started: float, train_missing: bool) ->
                 report["postprocess"] = fitted
             _finish(run, recipe, plan, oof, report)
             version = record_cv(tracked, run, report, spec, sources)
+            if version is not None and recipe.tracking.backend == "mlflow":  # for `texttune blend --register`
+                from texttune.tracking._mlflow import absolute_uri
+
+                with atomic_file(run / REGISTERED_FILE) as staging:
+                    store = absolute_uri(recipe.tracking.uri)
+                    staging.write_text(json.dumps({"model_version": version, "tracking_uri": store}) + "\n")
         report = from_main(report)
     return CVResult(run, report, time.perf_counter() - started, version)
 

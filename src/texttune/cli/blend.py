@@ -12,11 +12,16 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("runs", nargs="+", help="two or more `texttune cv` run directories")
     parser.add_argument("--output", required=True, help="the blend directory to write (a predictor)")
+    parser.add_argument(
+        "--register",
+        action="store_true",
+        help="register the blend as a model version pointing at the runs' registered ensembles (tracked cv runs)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from texttune.blend import blend
+    from texttune.blend import blend, register_blend
 
     result = blend(args.runs, args.output)
     metric = "mcrmse" if "mcrmse" in result.blend else "accuracy"
@@ -29,4 +34,7 @@ def run(args: argparse.Namespace) -> int:
     )
     kept = ", ".join(step["name"] for step in result.postprocess) or "no post-processing kept"
     print(f"{kept}; predict with: texttune predict {result.output} --input ...")
+    if args.register:
+        version = register_blend(result.output)
+        print(f"registered as {version}" if version else "not registered: the tracking store failed (see above)")
     return 0

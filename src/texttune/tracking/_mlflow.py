@@ -38,6 +38,13 @@ def tracking_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or EMBEDDED_URI
 
 
+def absolute_uri(uri: str | None = None) -> str:
+    """The store `tracking_uri` chooses, with a relative SQLite file made absolute (it is read from elsewhere)."""
+    chosen = tracking_uri(uri)
+    database = sqlite_path(chosen)
+    return f"sqlite:///{database.resolve()}" if database is not None else chosen
+
+
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a `sqlite:///` URI (relative to the current directory unless absolute), else None."""
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None

@@ -26,7 +26,7 @@ from texttune.tracking._mlflow import ROLE_TAG, first_line, open_store, sqlite_p
 
 _URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+|latest)|@(?P<alias>[\w.-]+))/?")
 _MEMBER = re.compile(r"(?:fold|seed)-\d+")  # a cv run's folds, or a training.seeds run's seeds
-_RUN = re.compile(r"seed-\d+")  # a registered blend's runs: a multi-seed cv run's seeds
+_RUN = re.compile(r"(?:seed|run)-\d+")  # a registered blend's runs: a multi-seed run's seeds, or texttune blend's
 
 
 def cache_root() -> Path:

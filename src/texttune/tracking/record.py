@@ -152,10 +152,13 @@ def _register(
     best: tuple[float, bool] | None,
 ) -> str | None:
     """A manifest (an ensemble's or a blend's) as a model version that names the versions of its parts (`sources`:
-    folder -> reference); None where a part is not registered (log_models off, or the store failed)."""
+    folder -> reference, in the manifest's order); None where a part is not registered (log_models off, or the
+    store failed)."""
     if not all(sources.values()):
         return None
     manifest = json.loads(manifest_file.read_text())
+    if role == "blend":  # a fetched blend holds its runs as the folders `sources` names, in the manifest's order
+        manifest["runs"] = list(sources)
     with scratch_directory("tracking") as staging:
         (Path(staging) / manifest_file.name).write_text(json.dumps({**manifest, "sources": dict(sources)}, indent=2))
         return run.log_model(staging, role, {"texttune.role": role, **tags}, best=best)

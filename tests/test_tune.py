@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,21 @@ def test_a_cv_objective_scores_trials_out_of_fold(write_recipe, tmp_path: Path) 
     assert "out of fold" in result.best_recipe.read_text().splitlines()[0]
     with pytest.raises(TexttuneError, match="made by another recipe, search space or objective"):
         tune(recipe, trials=3)  # the same study with a split objective: refused, never mixed
+
+
+def test_only_trials_of_dead_processes_of_this_machine_are_failed_and_retried(tmp_path: Path) -> None:
+    from texttune.tune import _recover
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(storage=storage, study_name="s")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for pid, host in ((os.getpid(), None), (int(dead.stdout), None), (int(dead.stdout), "another-machine")):
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        worker = {"host": host or socket.gethostname(), "pid": pid}
+        trial.set_user_attr("texttune.worker", worker)
+    _recover(study, storage)
+    states = [t.state.name for t in study.trials]
+    assert states[:3] == ["RUNNING", "FAIL", "RUNNING"]  # alive; dead here; another machine's (its heartbeat's job)
+    queued = study.trials[3]  # the dead one's values, to be tried again first
+    assert states[3] == "WAITING" and queued.system_attrs["fixed_params"] == study.trials[1].params

@@ -362,6 +362,22 @@ def test_a_manifest_from_the_store_cannot_reach_outside_its_folder(tmp_path: Pat
     with pytest.raises(TexttuneError, match="the blend's run '../evil' is not a registered cv run of 'model'"):
         Predictor.load("models:/model@best", tracking_uri=uri)
     assert not list(cache.glob("*/evil")) and not list(cache.glob("*/*/evil"))
+    both = tmp_path / "both"  # a checked ensemble manifest beside an unchecked blend one, which a loader reads first
+    both.mkdir()
+    ensemble = {"members": ["fold-0"], "sources": {"fold-0": "models:/model/1"}}
+    (both / "texttune-ensemble.json").write_text(json.dumps(ensemble))
+    (both / "texttune-blend.json").write_text(json.dumps({"runs": [str(tmp_path / "run")], "weights": [1.0]}))
+    with start_run(recipe, "cv") as run:
+        run.log_model(both, "ensemble", {"texttune.role": "ensemble", "texttune.metric": "mcrmse"}, best=(0.01, False))
+    with pytest.raises(TexttuneError, match="holds texttune-ensemble.json and texttune-blend.json"):
+        Predictor.load("models:/model@best", tracking_uri=uri)
+
+
+def test_a_store_uri_written_beside_a_run_carries_no_password() -> None:
+    from texttune.tracking._mlflow import without_password
+
+    assert without_password("postgresql://me:secret@db.example:5432/mlflow") == "postgresql://db.example:5432/mlflow"
+    assert without_password("sqlite:////runs/mlflow.db") == "sqlite:////runs/mlflow.db"
 
 
 class _Recorder:

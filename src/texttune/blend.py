@@ -188,44 +188,61 @@ def blend(runs: Sequence[str | Path], output: str | Path, inside: bool = False) 
     return BlendResult(output, weights, per_run, manifest["oof"], manifest["oof_cross_fitted"], steps)
 
 
-def register_blend(output: str | Path) -> str | None:
-    """Register the blend in `output` as a model version (role `blend`) pointing at its runs' ensemble versions, in
-    the store they were registered in (each cv run's `registered.json`). Returns its reference, or None where the
-    store could not record it (a warning says why).
+def registered_versions(runs: Sequence[str | Path]) -> tuple[str, str, list[str]]:
+    """The store, model name and ensemble versions that tracking registered for cv `runs` (their
+    `registered.json`), checked before a blend of them is registered.
 
     Raises:
-        TexttuneError: a run that was not registered, or runs registered in different stores or under other names.
+        TexttuneError: a run not registered, or runs registered in different stores or under different names.
     """
-    from texttune.bundle import load_bundle
-    from texttune.config import load_recipe
     from texttune.cv import REGISTERED_FILE
-    from texttune.tracking import record_blend, start_run
 
-    output = Path(output)
-    manifest = json.loads((output / BLEND_FILE).read_text())
-    runs = [output / run for run in manifest["runs"]]
     records = []
-    for run in runs:
+    for run in map(Path, runs):
         try:
-            records.append(json.loads((run / REGISTERED_FILE).read_text()))
-        except (OSError, ValueError) as exc:
+            record = json.loads((run / REGISTERED_FILE).read_text())
+            records.append((str(record["tracking_uri"]), str(record["model_version"])))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise TexttuneError(
                 f"{run}: no registered version ({REGISTERED_FILE}: {exc.__class__.__name__}); run its cv with "
                 "tracking.backend mlflow, or blend without --register"
             ) from None
-    stores = {record["tracking_uri"] for record in records}
-    names = {record["model_version"].removeprefix("models:/").rsplit("/", 1)[0] for record in records}
+    stores = {store for store, _ in records}
+    names = {version.removeprefix("models:/").rsplit("/", 1)[0] for _, version in records}
     if len(stores) > 1 or len(names) > 1:
         raise TexttuneError(
             f"the runs are registered in different stores or under different names ({sorted(stores)}, "
             f"{sorted(names)}); a registered blend names versions of one model in one store"
         )
-    (store,), (name,) = stores, names
+    return stores.pop(), names.pop(), [version for _, version in records]
+
+
+def register_blend(output: str | Path, tracking_uri: str | None = None) -> str | None:
+    """Register the blend in `output` as a model version (role `blend`) pointing at its runs' ensemble versions, in
+    the store they were registered in (or `tracking_uri`, e.g. with the password their record leaves out). Returns
+    its reference, or None where the store could not record it (a warning says why).
+
+    Raises:
+        TexttuneError: see `registered_versions`.
+    """
+    from texttune.bundle import load_bundle
+    from texttune.config import load_recipe
+    from texttune.tracking import record_blend, start_run
+
+    output = Path(output)
+    manifest = json.loads((output / BLEND_FILE).read_text())
+    runs = [output / run for run in manifest["runs"]]
+    store, name, versions = registered_versions(runs)
     first = load_recipe(runs[0] / "fold-0" / "recipe.yaml")
-    tracking = first.tracking.model_copy(update={"backend": "mlflow", "uri": store, "name": name, "log_models": True})
-    recipe = first.model_copy(update={"tracking": tracking, "output": first.output.model_copy(update={"dir": output})})
+    tracking = {"backend": "mlflow", "uri": tracking_uri or store, "name": name, "log_models": True}
+    recipe = first.model_copy(
+        update={
+            "tracking": first.tracking.model_copy(update=tracking),
+            "output": first.output.model_copy(update={"dir": output}),
+        }
+    )
     spec = load_bundle(runs[0] / "fold-0", model=False).info.task
-    sources = {f"run-{index}": record["model_version"] for index, record in enumerate(records)}
+    sources = {f"run-{index}": version for index, version in enumerate(versions)}
     with start_run(recipe, "blend") as tracked:
         return record_blend(tracked, output, manifest["oof"], manifest["oof_cross_fitted"], spec, sources)
 

@@ -23,7 +23,7 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix
 
 from texttune import plots
-from texttune._io import atomic_file, claim_holder, exclusive_claim, is_staging
+from texttune._io import atomic_file, claim_holder, exclusive_claim, is_staging, recover_directory
 from texttune.bundle import BLEND_FILE, BUNDLE_FILE, ENSEMBLE_FILE, VALID_PREDICTIONS, WEIGHTS_FILE, load_bundle
 from texttune.checkpoints import CHECKPOINTS
 from texttune.config import Recipe
@@ -45,7 +45,8 @@ logger = logging.getLogger(__name__)
 RUN_FILE = "cv_run.json"
 SEEDS_FILE = "seeds_report.json"  # a multi-seed run: each seed's OOF metric, their spread and the blend's
 EXECUTORS = ("sequential", "ray")
-REFIT_DIR = "full"  # `refit`: the full-data model of a cv run, inside it (ours only where it holds one: _is_refit)
+REFIT_DIR = "full"  # `refit`: the full-data model of a cv run, inside it (ours where it holds one: _is_refit); a
+# discard keeps it (it may hold more than texttune wrote), and the next refit replaces it
 REGISTERED_FILE = "registered.json"  # the ensemble's model version and store, where tracking registered it
 _OUTPUTS = (
     "folds.csv", "oof.csv", "cv_report.json", REPORT_FILE, "oof_*.png", ENSEMBLE_FILE, "fold-*", REGISTERED_FILE
@@ -94,6 +95,8 @@ def _claim(run: Path, fingerprint: dict[str, Any], force: bool, sweep: bool = Tr
     busy = {claim.name.removesuffix(".claim"): claim_holder(claim.with_suffix("")) for claim in claims}
     busy = {fold: holder for fold, holder in busy.items() if holder}  # folds other jobs are training now
     if sweep and not busy:  # staging of writes that were killed (while a job trains, some may be its own)
+        recover_directory(run / REFIT_DIR)  # a refit killed between its two renames: finished, not swept away
+        entries = list(run.iterdir()) if run.exists() else []
         for leftover in filter(is_staging, entries):
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
     if any(not entry.name.endswith(".claim") for entry in kept):  # a run is there (claims alone are not one)
@@ -117,8 +120,10 @@ def _claim(run: Path, fingerprint: dict[str, Any], force: bool, sweep: bool = Tr
             for pattern in _OUTPUTS:
                 for path in run.glob(pattern):
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
-            if _is_refit(run / REFIT_DIR):
-                shutil.rmtree(run / REFIT_DIR)
+            if (run / REFIT_DIR).exists():
+                logger.warning(
+                    "%s is kept: the discarded run's refit, until texttune cv --refit replaces it", run / REFIT_DIR
+                )
     if not (run / RUN_FILE).is_file():
         with atomic_file(run / RUN_FILE) as staging:
             staging.write_text(json.dumps(fingerprint, indent=2) + "\n")
@@ -456,6 +461,8 @@ def _record(recipe: Recipe, plan: _Plan, started: float, train_missing: bool) ->
             f"not complete yet{' (' + '; '.join(busy) + ')' if busy else ''}; train each with "
             "texttune cv RECIPE --fold K, then --collect again"
         )
+    if processes().main:  # this collect's registration replaces any earlier one, or there is none
+        (run / REGISTERED_FILE).unlink(missing_ok=True)
     with start_run(recipe, "cv") as tracked:
         tracked.log_params(recipe_params(recipe, spec))
         sources: dict[str, str | None] = {}  # fold -> its registered model version
@@ -485,10 +492,10 @@ def _record(recipe: Recipe, plan: _Plan, started: float, train_missing: bool) ->
             _finish(run, recipe, plan, oof, report)
             version = record_cv(tracked, run, report, spec, sources)
             if version is not None and recipe.tracking.backend == "mlflow":  # for `texttune blend --register`
-                from texttune.tracking._mlflow import absolute_uri
+                from texttune.tracking._mlflow import absolute_uri, without_password
 
                 with atomic_file(run / REGISTERED_FILE) as staging:
-                    store = absolute_uri(recipe.tracking.uri)
+                    store = without_password(absolute_uri(recipe.tracking.uri))
                     staging.write_text(json.dumps({"model_version": version, "tracking_uri": store}) + "\n")
         report = from_main(report)
     return CVResult(run, report, time.perf_counter() - started, version)

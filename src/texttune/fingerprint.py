@@ -50,7 +50,9 @@ def fingerprint(recipe: Recipe, cv: bool = False) -> dict[str, Any]:
     }
     data = {"data.train": _digest(Path(recipe.data.train))}
     if cv:
-        settings = {k: v for k, v in settings.items() if k not in ("data.valid", "data.valid_fraction")}
+        settings = {
+            k: v for k, v in settings.items() if k not in ("data.valid", "data.valid_fraction", "data.split_seed")
+        }
     elif recipe.data.valid is not None:
         data["data.valid"] = _digest(Path(recipe.data.valid))
     return {"settings": settings, "data_sha256": data}

@@ -313,6 +313,8 @@ def _class_counts(path: Path) -> dict[str, float] | None:
                 manifest = json.loads((path / file).read_text())
                 if "class_counts" in manifest:
                     return {str(k): float(v) for k, v in dict(manifest["class_counts"]).items()}
+                if file == BLEND_FILE:  # an older blend: its runs share their rows, so the first run's counts
+                    return _class_counts(path / str(manifest["runs"][0]))
                 matrix = json.loads((path / "cv_report.json").read_text())["confusion_matrix"]
                 return {str(k): float(sum(row)) for k, row in zip(matrix["labels"], matrix["counts"])}
             except (OSError, ValueError, KeyError, TypeError):

@@ -158,7 +158,6 @@ def fit(
         resumed = checkpoints.resume(candidates, model, len(stages), use_bf16(recipe.training.precision))
     run = resumed[1] if resumed else None
     first = 0 if run is None else run["stage"] + (0 if run["mid_stage"] else 1)
-    trainer = None
     with scratch_directory("scratch") as scratch:
         for index in range(first, len(stages)):
             trainer = stage_trainer(
@@ -168,12 +167,13 @@ def fit(
             if mid_stage and trainer.weight_averaging is not None:
                 trainer.weight_averaging.resume(run["ema"], run["ema_updates"])
             trainer.train(resume_from_checkpoint=str(resumed[0]) if mid_stage else None)
+            last, averaged = index == len(stages) - 1, trainer.weight_averaging is not None
+            if last and averaged and not len(prepared.valid_set):  # no evaluation chose: the average is the model
+                model.load_state_dict(trainer.weight_averaging.average, strict=False)
             if checkpoints is not None and processes().main:
                 checkpoints.save(model)  # the stage is done: the next one starts from these weights
     model.freeze_to(None)
-    if not len(prepared.valid_set):  # a full-data refit: nothing to choose from, the last weights are the model
-        if trainer is not None and trainer.weight_averaging is not None:  # or their average, as evaluated
-            model.load_state_dict(trainer.weight_averaging.average, strict=False)
+    if not len(prepared.valid_set):  # a full-data refit: nothing to choose from, the last weights (or average)
         return Fit({}, history, None)
     keep_best.restore(model)
     kept = next(entry for entry in history.of_kind("eval") if entry.values.get(metric) == keep_best.best)

@@ -32,7 +32,7 @@ from texttune._io import atomic_file, process_alive, scratch_directory
 from texttune.checkpoints import crash_at
 from texttune.config import Recipe, SearchRange, TuneConfig, build_recipe, check_recipe_key
 from texttune.errors import TexttuneError
-from texttune.fingerprint import fingerprint
+from texttune.fingerprint import changes, fingerprint
 from texttune.metrics import best_metric
 from texttune.task import read_examples
 from texttune.tracking import TrackedRun, recipe_params, start_run
@@ -228,10 +228,13 @@ def tune(recipe: Recipe, trials: int, timeout: float | None = None, cv: bool = F
             direction="maximize" if greater_is_better else "minimize",
         )  # fmt: skip
     study.sampler, study.pruner = _sampler_and_pruner(recipe, len(study.trials))
+    key = json.loads(json.dumps(key, default=str))
     made_by = study.user_attrs.get("texttune.recipe")
     if made_by is None:
-        study.set_user_attr("texttune.recipe", json.loads(json.dumps(key, default=str)))
-    elif made_by != json.loads(json.dumps(key, default=str)):
+        study.set_user_attr("texttune.recipe", key)
+    elif changes(made_by, key) or {k: made_by.get(k) for k in ("objective", "space")} != {
+        k: key[k] for k in ("objective", "space")
+    }:
         raise TexttuneError(
             f"the study {name!r} in {url} was made by another recipe, search space or objective; choose another "
             "tune.study (or delete that study to start over)"
@@ -270,6 +273,9 @@ class _Objective:
         pruned = None
         with scratch_directory("tune") as scratch:
             recipe = trial_recipe(self.recipe, values, Path(scratch) / "model")
+            split_seed = self.recipe.data.split_seed
+            split_seed = self.recipe.training.seed if split_seed is None else split_seed  # one split for every trial
+            recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"split_seed": split_seed})})
             quiet = {"checkpoints": False}  # a killed trial is tried again from the start
             recipe = recipe.model_copy(update={"training": recipe.training.model_copy(update=quiet)})
             with self.study_run.child(f"trial-{trial.number}", "trial", {"texttune.trial": str(trial.number)}) as run:

@@ -17,12 +17,15 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="register the blend as a model version pointing at the runs' registered ensembles (tracked cv runs)",
     )
+    parser.add_argument("--tracking-uri", help="--register: the store (default: the one the runs were registered in)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from texttune.blend import blend, register_blend
+    from texttune.blend import blend, register_blend, registered_versions
 
+    if args.register:
+        registered_versions(args.runs)  # refused before the blend is written
     result = blend(args.runs, args.output)
     metric = "mcrmse" if "mcrmse" in result.blend else "accuracy"
     for (path, metrics), weights in zip(result.runs.items(), result.weights):
@@ -35,6 +38,6 @@ def run(args: argparse.Namespace) -> int:
     kept = ", ".join(step["name"] for step in result.postprocess) or "no post-processing kept"
     print(f"{kept}; predict with: texttune predict {result.output} --input ...")
     if args.register:
-        version = register_blend(result.output)
+        version = register_blend(result.output, args.tracking_uri)
         print(f"registered as {version}" if version else "not registered: the tracking store failed (see above)")
     return 0

@@ -45,6 +45,16 @@ def absolute_uri(uri: str | None = None) -> str:
     return f"sqlite:///{database.resolve()}" if database is not None else chosen
 
 
+def without_password(uri: str) -> str:
+    """The URI with any user and password left out (for files a run writes beside its outputs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a `sqlite:///` URI (relative to the current directory unless absolute), else None."""
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None

@@ -101,6 +101,9 @@ def _parts(uri: str, name: str, staging: Path) -> dict[str, str]:
 def _fetch_into(mlflow: Any, store: str, uri: str, name: str, version: str, folder: Path, depth: int = 0) -> None:
     """A version's files, and those of the versions its manifest points at (a blend's runs, then their folds)."""
     _download(mlflow, store, name, version, folder)
+    kinds = [file for file in (BUNDLE_FILE, ENSEMBLE_FILE, BLEND_FILE) if (folder / file).exists()]
+    if len(kinds) > 1:  # a loader would read one manifest while the other was checked
+        raise TexttuneError(f"{uri}: version {version} holds {' and '.join(kinds)}; a version is one of them")
     parts = _parts(uri, name, folder)
     if parts and depth == 2:
         raise TexttuneError(f"{uri}: version {version} nests manifests deeper than a blend of cv runs")

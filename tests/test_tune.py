@@ -149,3 +149,27 @@ def test_only_trials_of_dead_processes_of_this_machine_are_failed_and_retried(tm
     assert states[:3] == ["RUNNING", "FAIL", "RUNNING"]  # alive; dead here; another machine's (its heartbeat's job)
     queued = study.trials[3]  # the dead one's values, to be tried again first
     assert states[3] == "WAITING" and queued.system_attrs["fixed_params"] == study.trials[1].params
+
+
+def test_a_staged_trial_is_pruned_only_in_its_last_stage() -> None:
+    from texttune.tune import _Reporter
+
+    class Trial:  # a pruner that always says prune
+        def __init__(self) -> None:
+            self.reports: list[tuple[int, float]] = []
+
+        def report(self, value: float, step: int) -> None:
+            self.reports.append((step, value))
+
+        def should_prune(self) -> bool:
+            return True
+
+    trial = Trial()
+    reporter = _Reporter(trial, "accuracy", stages=2)
+    reporter.on_train_begin(None, None, None)  # stage 1: the head alone
+    reporter.on_evaluate(None, None, None, metrics={"eval_accuracy": 0.3})
+    reporter.on_evaluate(None, None, None, metrics={"eval_loss": 1.0})  # no metric: nothing reported
+    reporter.on_train_begin(None, None, None)  # stage 2: its evaluations can stop the trial
+    with pytest.raises(optuna.TrialPruned):
+        reporter.on_evaluate(None, None, None, metrics={"eval_accuracy": 0.4})
+    assert trial.reports == [(0, 0.3), (1, 0.4)]

@@ -107,11 +107,16 @@ def _suggest_value(trial: Any, key: str, dimension: SearchRange | list[Any]) -> 
 
 
 class _Reporter(TrainerCallback):
-    """Each evaluation's metric to the trial (the evaluation's index is the step, across stages); raises
-    `TrialPruned` out of the Trainer when the pruner says so."""
+    """Each evaluation's metric to the trial (the evaluation's index across stages is the step), and `TrialPruned`
+    out of the Trainer when the pruner says so, but only in the last stage: earlier stages of gradual unfreezing
+    (the head alone, at a rate of their own) score alike whatever the searched values will do later."""
 
-    def __init__(self, trial: Any, metric: str) -> None:
-        self.trial, self.metric, self.evaluations = trial, metric, 0
+    def __init__(self, trial: Any, metric: str, stages: int) -> None:
+        self.trial, self.metric, self.stages = trial, metric, stages
+        self.evaluations, self.stage = 0, -1
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.stage += 1  # one Trainer per stage
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any) -> None:
         import optuna
@@ -121,7 +126,7 @@ class _Reporter(TrainerCallback):
             return
         self.trial.report(float(value), self.evaluations)
         self.evaluations += 1
-        if self.trial.should_prune():
+        if self.stage == self.stages - 1 and self.trial.should_prune():
             raise optuna.TrialPruned(f"{self.metric} {value:.4f} at evaluation {self.evaluations}")
 
 
@@ -283,7 +288,8 @@ class _Objective:
                     if self.cv:
                         value = self._cross_validate(recipe, trial, run)
                     else:
-                        value = train(recipe, run=run, callbacks=[_Reporter(trial, self.metric)]).metrics[self.metric]
+                        reporter = _Reporter(trial, self.metric, len(recipe.training.stage_plan()))
+                        value = train(recipe, run=run, callbacks=[reporter]).metrics[self.metric]
                 except optuna.TrialPruned as exc:
                     run.log_metrics({"pruned": 1.0})
                     pruned = exc

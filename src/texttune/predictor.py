@@ -142,7 +142,7 @@ class Predictor:
 
     def moved_to(self, prior: Mapping[str, float], path: Path) -> Predictor:
         """This predictor with its class probabilities moved to a known test prior (label -> share, or counts),
-        from the training rows' class shares, which a cv run (`path`) records in its report."""
+        from the training rows' class counts, which a cv run's or blend's manifest at `path` records."""
         labels = list(self.task.labels)
         if self.task.is_regression:
             raise TexttuneError(f"{path}: a class prior is for classification models; this one predicts scores")

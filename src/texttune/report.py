@@ -186,7 +186,7 @@ def write_report(
 
 
 def _page(title: str, head: str, sections: list[tuple[str, str, str]]) -> str:
-    body = "".join(f'<section id="{key}"><h2>{title}</h2>{content}</section>' for key, title, content in sections)
+    body = "".join(f'<section id="{key}"><h2>{heading}</h2>{content}</section>' for key, heading, content in sections)
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>"
         "body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}"

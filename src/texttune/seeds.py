@@ -1,10 +1,10 @@
 """`train_seeds(recipe)`: one model per `training.seeds` entry, predicting as their average, as a cv run's folds do.
 
-Every seed trains on the same rows and validates on the same held-out rows (split by `training.seed`, or
-data.valid), so the seeds differ only in what a seed decides: the head's initial weights, dropout and the batch
-order. Each is a bundle in `output.dir/seed-<s>/`, kept where a killed run had finished it, and `output.dir` gets an
-ensemble manifest, so `Predictor.load(output.dir)` averages them. Its validation metrics are those of the averaged
-predictions on the shared validation rows, next to each seed's.
+Every seed trains on the same rows and validates on the same held-out rows (split by `data.split_seed`, default
+`training.seed`, or data.valid), so the seeds differ only in what a seed decides: the head's initial weights,
+dropout and the batch order. Each is a bundle in `output.dir/seed-<s>/`, kept where a killed run had finished it,
+and `output.dir` gets an ensemble manifest, so `Predictor.load(output.dir)` averages them. Its validation metrics
+are those of the averaged predictions on the shared validation rows, next to each seed's.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from texttune._io import atomic_file, is_staging
-from texttune.bundle import BUNDLE_FILE, ENSEMBLE_FILE, VALID_PREDICTIONS, load_bundle, load_ensemble
+from texttune.bundle import BUNDLE_FILE, ENSEMBLE_FILE, VALID_PREDICTIONS, Bundle, load_bundle
 from texttune.config import Recipe
 from texttune.data import read_table
 from texttune.distributed import processes
@@ -77,11 +77,12 @@ def train_seeds(recipe: Recipe, restart: bool = False) -> TrainResult:
                     per_seed[seed], baseline, version = result.metrics, result.baseline, result.model_version
             members.append(member.name)
             sources[member.name] = version
-        valid = _averaged_metrics(output, members)
+        bundles = [load_bundle(output / member, model=False) for member in members]
+        valid = _averaged_metrics(output, bundles)
         with atomic_file(output / ENSEMBLE_FILE) as staging:
             manifest = {"format_version": 1, "members": members, "weights": None, "valid": valid, "seeds": per_seed}
             staging.write_text(json.dumps(manifest, indent=2) + "\n")
-        version = record_seeds(tracked, output, valid, load_ensemble(output, model=False)[1].task, sources)
+        version = record_seeds(tracked, output, valid, bundles[0].info.task, sources)
     if valid:
         metric = next(iter(valid))
         logger.info(
@@ -100,14 +101,13 @@ def _complete(member: Path, recipe: Recipe) -> bool:
     return fingerprint(load_recipe(member / "recipe.yaml")) == fingerprint(recipe)
 
 
-def _averaged_metrics(output: Path, members: list[str]) -> dict[str, float]:
+def _averaged_metrics(output: Path, bundles: list[Bundle]) -> dict[str, float]:
     """The validation metrics of the seeds' averaged predictions (scores, or class probabilities), from the raw
     outputs each seed's bundle saved for the shared validation rows; empty for full-data seeds."""
-    if not all((output / member / VALID_PREDICTIONS).is_file() for member in members):
+    if not all((bundle.path / VALID_PREDICTIONS).is_file() for bundle in bundles):
         return {}
-    bundles = [load_bundle(output / member, model=False) for member in members]
     spec, postprocess = bundles[0].info.task, PostProcessing.ensemble([b.info.postprocess for b in bundles])
-    tables = [read_table(output / member / VALID_PREDICTIONS) for member in members]
+    tables = [read_table(bundle.path / VALID_PREDICTIONS) for bundle in bundles]
     if any(not table["row"].equals(tables[0]["row"]) for table in tables):
         raise TexttuneError(f"{output}: the seeds validated on different rows; run them again with --restart")
     names = spec.target_columns if spec.is_regression else spec.labels

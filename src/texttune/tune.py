@@ -237,9 +237,7 @@ def tune(recipe: Recipe, trials: int, timeout: float | None = None, cv: bool = F
     made_by = study.user_attrs.get("texttune.recipe")
     if made_by is None:
         study.set_user_attr("texttune.recipe", key)
-    elif changes(made_by, key) or {k: made_by.get(k) for k in ("objective", "space")} != {
-        k: key[k] for k in ("objective", "space")
-    }:
+    elif changes(made_by, key) or (made_by.get("objective"), made_by.get("space")) != (key["objective"], key["space"]):
         raise TexttuneError(
             f"the study {name!r} in {url} was made by another recipe, search space or objective; choose another "
             "tune.study (or delete that study to start over)"
@@ -277,12 +275,12 @@ class _Objective:
         crash_at("trial", trial.number)
         pruned = None
         with scratch_directory("tune") as scratch:
-            recipe = trial_recipe(self.recipe, values, Path(scratch) / "model")
             split_seed = self.recipe.data.split_seed
-            split_seed = self.recipe.training.seed if split_seed is None else split_seed  # one split for every trial
-            recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"split_seed": split_seed})})
-            quiet = {"checkpoints": False}  # a killed trial is tried again from the start
-            recipe = recipe.model_copy(update={"training": recipe.training.model_copy(update=quiet)})
+            fixed = {  # one split for every trial; a killed trial is tried again from the start, so no checkpoints
+                "data.split_seed": self.recipe.training.seed if split_seed is None else split_seed,
+                "training.checkpoints": False,
+            }
+            recipe = trial_recipe(self.recipe, {**values, **fixed}, Path(scratch) / "model")
             with self.study_run.child(f"trial-{trial.number}", "trial", {"texttune.trial": str(trial.number)}) as run:
                 try:
                     if self.cv:

@@ -72,6 +72,7 @@ def test_a_killed_study_resumes_with_the_missing_trials_and_best_yaml_trains_to_
     assert text.startswith(f"# texttune tune: trial {study.best_trial.number} of the study 'regression'")
     resolved = yaml.safe_load(text)
     assert resolved["tune"]["space"] == {} and resolved["output"]["dir"] == str(tmp_path / "tune" / "best")
+    assert resolved["data"]["split_seed"] == resolved["training"]["seed"]  # the trials' split, pinned
     for key, value in study.best_params.items():
         section, name = key.split(".")
         assert resolved[section][name] == value

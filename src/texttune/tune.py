@@ -82,6 +82,11 @@ def trial_recipe(recipe: Recipe, values: Mapping[str, Any], output: Path) -> Rec
     return build_recipe(raw, source=f"tune.space values {dict(values)}")
 
 
+def _split_seed(recipe: Recipe) -> int:
+    """The seed of the validation split every trial (and best.yaml) uses: the recipe's, whatever seed is searched."""
+    return recipe.training.seed if recipe.data.split_seed is None else recipe.data.split_seed
+
+
 def _check_space(recipe: Recipe) -> None:
     if not recipe.tune.space:
         raise TexttuneError(
@@ -275,9 +280,8 @@ class _Objective:
         crash_at("trial", trial.number)
         pruned = None
         with scratch_directory("tune") as scratch:
-            split_seed = self.recipe.data.split_seed
             fixed = {  # one split for every trial; a killed trial is tried again from the start, so no checkpoints
-                "data.split_seed": self.recipe.training.seed if split_seed is None else split_seed,
+                "data.split_seed": _split_seed(self.recipe),
                 "training.checkpoints": False,
             }
             recipe = trial_recipe(self.recipe, {**values, **fixed}, Path(scratch) / "model")
@@ -338,7 +342,8 @@ def _finish(
     with atomic_file(directory / TRIALS_FILE) as staging:
         pd.DataFrame(rows).to_csv(staging, index=False)
     best = ranked[0]
-    chosen = trial_recipe(recipe, best.params, directory / "best").model_copy(update={"tune": TuneConfig()})
+    values = {**best.params, "data.split_seed": _split_seed(recipe)}  # the trial's split, were training.seed searched
+    chosen = trial_recipe(recipe, values, directory / "best").model_copy(update={"tune": TuneConfig()})
     comment = (
         f"# texttune tune: trial {best.number} of the study {name!r} ({url}): {metric} {best.value:.6g} "
         f"{'out of fold' if cv else 'on validation'}\n# values: {json.dumps(best.params)}\n"
